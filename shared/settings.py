@@ -1,0 +1,170 @@
+"""The one place where the app reads its settings from the environment.
+
+Every part of the app reads a `Settings` object; nothing else looks at
+`os.environ` for configuration. `Settings.from_env` validates everything up
+front so that a bad value stops the handler at start with one line that names
+the setting and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parent.parent
+CONFIG_DIR = APP_DIR / "config"
+PRODUCTION_TEMPLATE = CONFIG_DIR / "vault.hcl.tpl"
+LOCAL_TEMPLATE = CONFIG_DIR / "local.hcl.tpl"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MIN_INIT_TOKEN_LENGTH = 16
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names it and the fix."""
+
+    def __init__(self, name: str, problem: str, fix: str) -> None:
+        super().__init__(f"{name}: {problem}; {fix}")
+        self.name = name
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration of the handler process (see README, Settings)."""
+
+    listen_host: str
+    listen_port: int
+    under_functions_host: bool
+    config_template: Path
+    vault_binary: str | None
+    vault_port: int
+    data_dir: Path
+    eager_start: bool
+    auto_init: bool
+    max_request_duration: float
+    init_token: str | None
+    log_level: str
+    vault_api_addr: str | None
+    # The whole environment, for the template's `env` function and Vault's own
+    # variables. Kept out of repr: it holds storage keys and tokens.
+    environment: Mapping[str, str] = field(repr=False, default_factory=dict)
+    shutdown_timeout: float = 10.0
+
+    @property
+    def uses_local_template(self) -> bool:
+        return self.config_template == LOCAL_TEMPLATE
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        host_port = reader.port("FUNCTIONS_CUSTOMHANDLER_PORT", None)
+        under_host = host_port is not None
+        if under_host:
+            listen_host, listen_port = "127.0.0.1", host_port
+        else:
+            listen_host = reader.text("VAULTFN_HOST", "127.0.0.1")
+            listen_port = reader.port("VAULTFN_PORT", 8200)
+        default_template = PRODUCTION_TEMPLATE if under_host else LOCAL_TEMPLATE
+        template = reader.existing_file("VAULT_CONFIG_TEMPLATE", default_template)
+        local = template == LOCAL_TEMPLATE
+        vault_port = reader.port("VAULTFN_VAULT_PORT", 0, allow_zero=True)
+        if vault_port and vault_port == listen_port:
+            raise SettingsError(
+                "VAULTFN_VAULT_PORT",
+                f"{vault_port} is the handler's own port",
+                "leave it unset (a free loopback port is picked) or choose another port",
+            )
+        init_token = env.get("VAULTFN_INIT_TOKEN") or None
+        if init_token is not None and len(init_token) < MIN_INIT_TOKEN_LENGTH:
+            raise SettingsError(
+                "VAULTFN_INIT_TOKEN",
+                f"shorter than {MIN_INIT_TOKEN_LENGTH} characters",
+                "use a long random value, e.g. `openssl rand -hex 32`",
+            )
+        return cls(
+            listen_host=listen_host,
+            listen_port=listen_port,
+            under_functions_host=under_host,
+            config_template=template,
+            vault_binary=env.get("VAULT_BINARY") or None,
+            vault_port=vault_port,
+            data_dir=Path(env.get("VAULTFN_DATA_DIR") or ".data").absolute(),
+            eager_start=reader.flag("VAULTFN_EAGER_START", False),
+            auto_init=reader.flag("VAULTFN_AUTO_INIT", local and not under_host),
+            max_request_duration=reader.duration("VAULTFN_MAX_REQUEST_DURATION", 90.0),
+            init_token=init_token,
+            log_level=reader.choice("VAULTFN_LOG_LEVEL", "INFO", _LOG_LEVELS),
+            vault_api_addr=_api_addr(env),
+            environment=dict(env),
+        )
+
+
+def _api_addr(env: Mapping[str, str]) -> str | None:
+    """Vault's advertised address: VAULT_API_ADDR, else the app's public host name on Azure."""
+    if env.get("VAULT_API_ADDR"):
+        return env["VAULT_API_ADDR"]
+    if env.get("WEBSITE_HOSTNAME"):
+        return f"https://{env['WEBSITE_HOSTNAME']}"
+    return None
+
+
+class _Reader:
+    """Typed accessors that raise `SettingsError` naming the variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str, default: str) -> str:
+        return self._env.get(name) or default
+
+    def port(self, name: str, default: int | None, allow_zero: bool = False) -> int | None:
+        raw = self._env.get(name)
+        if not raw:
+            return default
+        low = 0 if allow_zero else 1
+        if not raw.isdigit() or not low <= int(raw) <= 65535:
+            raise SettingsError(name, f"{raw!r} is not a port number", f"set it to a number from {low} to 65535")
+        return int(raw)
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self._env.get(name)
+        if raw is None:
+            return default
+        value = raw.strip().lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        raise SettingsError(name, f"{raw!r} is not a boolean", "set it to true or false")
+
+    def duration(self, name: str, default: float) -> float:
+        raw = self._env.get(name)
+        if not raw:
+            return default
+        match = _DURATION.match(raw.strip())
+        if not match or float(match.group(1)) <= 0:
+            raise SettingsError(name, f"{raw!r} is not a duration", "use seconds such as 90, or 90s, 1.5m, 500ms")
+        return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = (self._env.get(name) or default).upper()
+        if value not in choices:
+            raise SettingsError(name, f"{value!r} is not a known value", f"use one of {', '.join(choices)}")
+        return value
+
+    def existing_file(self, name: str, default: Path) -> Path:
+        raw = self._env.get(name)
+        path = Path(raw).absolute() if raw else default
+        if not path.is_file():
+            raise SettingsError(
+                name, f"template {str(path)!r} does not exist", "point it at a readable Vault config template"
+            )
+        return path

@@ -1,0 +1,1 @@
+"""Azure Functions custom handler that runs and proxies Vault."""

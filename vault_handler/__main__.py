@@ -1,0 +1,56 @@
+"""`python -m vault_handler`: the process the Azure Functions host starts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from shared.settings import Settings, SettingsError
+
+from .binary import BinaryError
+from .bootstrap import BootstrapError
+from .server import Handler
+from .template import TemplateError
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
+
+
+async def _serve(settings: Settings) -> int:
+    try:
+        handler = Handler(settings)
+    except (TemplateError, BinaryError, BootstrapError) as error:
+        print(f"vaultfn: cannot start: {error}", file=sys.stderr)
+        return 2
+    await handler.run()
+    return 0
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"vaultfn: invalid setting {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        return runner.run(_serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

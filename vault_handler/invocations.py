@@ -1,0 +1,76 @@
+"""Host invocations: the Functions host POSTs every non-HTTP trigger to `/<functionName>`.
+
+Jobs are registered by function name, as `module:attribute` strings that are
+imported on first use, so the timers' dependencies stay off the handler's
+start path. A job gets an `Invocation` and returns a `JobResult`; the answer is
+the custom-handler envelope `{"Outputs", "Logs", "ReturnValue"}`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("vaultfn.invocations")
+
+
+@dataclass(frozen=True)
+class Invocation:
+    function: str
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+@dataclass
+class JobResult:
+    return_value: Any = None
+    logs: list[str] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+Job = Callable[[Invocation], Awaitable[JobResult]]
+
+# Function name -> "module:attribute" of its job. The timer functions add theirs here.
+FUNCTION_JOBS: dict[str, str] = {}
+
+
+class Dispatcher:
+    def __init__(self, jobs: Mapping[str, Job | str]) -> None:
+        self._jobs = dict(jobs)
+
+    def _job(self, name: str) -> Job | None:
+        job = self._jobs.get(name)
+        if isinstance(job, str):
+            module, _, attribute = job.partition(":")
+            job = getattr(importlib.import_module(module), attribute)
+            self._jobs[name] = job
+        return job
+
+    async def dispatch(self, name: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        job = self._job(name)
+        if job is None:
+            known = ", ".join(sorted(self._jobs)) or "none"
+            return _error(404, f"no function named {name!r} (known: {known})")
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError as error:
+            return _error(400, f"invocation payload is not JSON: {error}")
+        if not isinstance(payload, dict):
+            return _error(400, "invocation payload must be a JSON object with Data and Metadata")
+        data, metadata = payload.get("Data", {}), payload.get("Metadata", {})
+        if not isinstance(data, dict) or not isinstance(metadata, dict):
+            return _error(400, "invocation payload's Data and Metadata must be JSON objects")
+        try:
+            result = await job(Invocation(name, data, metadata))
+        except Exception as error:
+            log.exception("function %s failed", name)
+            return 500, {"Outputs": {}, "Logs": [f"{name} failed: {error}"], "ReturnValue": None}
+        return 200, {"Outputs": result.outputs, "Logs": result.logs, "ReturnValue": result.return_value}
+
+
+def _error(status: int, message: str) -> tuple[int, dict[str, Any]]:
+    return status, {"error": message, "Logs": [message]}

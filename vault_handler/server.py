@@ -1,0 +1,75 @@
+"""The handler: listen on the host's port, dispatch invocations, proxy the rest to Vault."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping
+
+from shared.settings import APP_DIR, Settings
+
+from . import bootstrap
+from .binary import resolve_binary
+from .invocations import FUNCTION_JOBS, Dispatcher, Job
+from .proxy import ClientConnection
+from .supervisor import VaultSupervisor, free_port
+from .upstream import UpstreamPool
+
+log = logging.getLogger("vaultfn.handler")
+
+DRAIN_TIMEOUT = 5.0
+
+
+class Handler:
+    def __init__(self, settings: Settings, jobs: Mapping[str, Job | str] | None = None) -> None:
+        """Check everything that can be checked before serving; raise with the reason."""
+        self.settings = settings
+        self.loop = asyncio.get_running_loop()
+        self.pool = UpstreamPool()
+        self.supervisor = VaultSupervisor(settings, resolve_binary(settings.vault_binary, APP_DIR), self.pool.reset)
+        # Render once now so that a broken template stops the handler at start, not at the first request.
+        self.supervisor.render_config(settings.vault_port or free_port(), free_port())
+        if settings.uses_local_template:
+            bootstrap.prepare_data_dir(settings.data_dir)
+        self.dispatcher = Dispatcher(FUNCTION_JOBS if jobs is None else jobs)
+        self.connections: set[ClientConnection] = set()
+        self.stopping = False
+        self._stopped = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._server = await self.loop.create_server(
+            lambda: ClientConnection(self), settings.listen_host, settings.listen_port, backlog=1024, reuse_address=True
+        )
+        log.info("handler listening on http://%s:%d", settings.listen_host, settings.listen_port)
+        if settings.eager_start:
+            self.supervisor.start()
+
+    async def run(self) -> None:
+        await self.start()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(signum, self.stop)
+        await self._stopped.wait()
+        await self.shutdown()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let requests in flight finish (bounded), then stop Vault."""
+        log.info("shutting down")
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            if not connection.busy:
+                connection.transport.close()
+        deadline = self.loop.time() + DRAIN_TIMEOUT
+        while any(c.busy for c in self.connections) and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection.transport.abort()
+        await self.supervisor.stop()
+        log.info("stopped")
