@@ -11,6 +11,8 @@ storage "raft" {
   path                   = "{{ env "VAULTFN_DATA_DIR" }}/raft"
   node_id                = "vaultfn-local"
   performance_multiplier = 1
+  # Values up to 4 MiB, like Vault's azure storage backend (one blob per key).
+  max_entry_size         = 4194304
 }
 
 listener "tcp" {

@@ -58,8 +58,9 @@ class Settings:
     shutdown_timeout: float = 10.0
 
     @property
-    def uses_local_template(self) -> bool:
-        return self.config_template == LOCAL_TEMPLATE
+    def local(self) -> bool:
+        """Outside the Functions host: `make run`, tests, a developer's machine."""
+        return not self.under_functions_host
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -74,7 +75,6 @@ class Settings:
             listen_port = reader.port("VAULTFN_PORT", 8200)
         default_template = PRODUCTION_TEMPLATE if under_host else LOCAL_TEMPLATE
         template = reader.existing_file("VAULT_CONFIG_TEMPLATE", default_template)
-        local = template == LOCAL_TEMPLATE
         vault_port = reader.port("VAULTFN_VAULT_PORT", 0, allow_zero=True)
         if vault_port and vault_port == listen_port:
             raise SettingsError(
@@ -98,7 +98,7 @@ class Settings:
             vault_port=vault_port,
             data_dir=Path(env.get("VAULTFN_DATA_DIR") or ".data").absolute(),
             eager_start=reader.flag("VAULTFN_EAGER_START", False),
-            auto_init=reader.flag("VAULTFN_AUTO_INIT", local and not under_host),
+            auto_init=reader.flag("VAULTFN_AUTO_INIT", not under_host),
             max_request_duration=reader.duration("VAULTFN_MAX_REQUEST_DURATION", 90.0),
             init_token=init_token,
             log_level=reader.choice("VAULTFN_LOG_LEVEL", "INFO", _LOG_LEVELS),

@@ -153,11 +153,11 @@ class ClientConnection(asyncio.Protocol):
         buffer = self.buffer
         if buffer[:2] == b"\r\n":
             buffer = buffer.lstrip(b"\r\n")  # RFC 9112 2.2: ignore empty lines before a request
-        end = buffer.find(b"\r\n\r\n")
+        end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES)
         if end < 0:
             self.buffer = buffer
-            if len(buffer) > MAX_HEAD_BYTES:
-                self._refuse(ProtocolError(431, "request head too large"))
+            if len(buffer) >= MAX_HEAD_BYTES:
+                self._refuse(ProtocolError(431, f"request head larger than {MAX_HEAD_BYTES // 1024} KiB"))
             return
         self.buffer = b""
         try:

@@ -30,7 +30,7 @@ class Handler:
         self.supervisor = VaultSupervisor(settings, resolve_binary(settings.vault_binary, APP_DIR), self.pool.reset)
         # Render once now so that a broken template stops the handler at start, not at the first request.
         self.supervisor.render_config(settings.vault_port or free_port(), free_port())
-        if settings.uses_local_template:
+        if settings.local:
             bootstrap.prepare_data_dir(settings.data_dir)
         self.dispatcher = Dispatcher(FUNCTION_JOBS if jobs is None else jobs)
         self.connections: set[ClientConnection] = set()

@@ -144,7 +144,7 @@ class VaultSupervisor:
         settings = self.settings
         port = settings.vault_port or free_port()
         config = self.render_config(port, free_port())
-        if settings.uses_local_template:
+        if settings.local:
             bootstrap.prepare_data_dir(settings.data_dir)
         config_path = template.write_private(config, self.private_dir)
         binary = executable(self.binary, self.private_dir)

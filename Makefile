@@ -1,0 +1,37 @@
+# One-word habits: make run, make test, make lint, make bench.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install run test lint format bench clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+## The handler with a local OpenBao on http://127.0.0.1:8200, data in .data/
+run: install
+	VAULTFN_EAGER_START=$${VAULTFN_EAGER_START:-true} $(PY) -m vault_handler
+
+## Lint, then every test (real OpenBao, no mocks of it)
+test: install lint
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+## Throughput, latency, start time and memory, through the handler vs direct
+bench: install
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
