@@ -121,9 +121,9 @@ def handler_env(port: int, data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def spawn_handler(tmp: Path, wait: bool = True, **extra: str) -> RunningHandler:
+def spawn_handler(tmp: Path, wait: bool = True, data_dir: Path | None = None, **extra: str) -> RunningHandler:
     port = free_port()
-    data_dir = tmp / "data"
+    data_dir = data_dir or tmp / "data"
     env = handler_env(port, data_dir, **extra)
     log_path = tmp / f"handler-{port}.log"
     with log_path.open("wb") as log_file:
@@ -145,10 +145,10 @@ def make_handler(tmp_path: Path) -> Iterator:
     """Start handlers of the test's own; all are stopped, Vault children included, afterwards."""
     started: list[RunningHandler] = []
 
-    def make(wait: bool = True, **extra: str) -> RunningHandler:
+    def make(wait: bool = True, data_dir: Path | None = None, **extra: str) -> RunningHandler:
         directory = tmp_path / f"h{len(started)}"
         directory.mkdir()
-        handler = spawn_handler(directory, wait=wait, **extra)
+        handler = spawn_handler(directory, wait=wait, data_dir=data_dir, **extra)
         started.append(handler)
         return handler
 

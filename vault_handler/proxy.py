@@ -35,6 +35,7 @@ log = logging.getLogger("vaultfn.proxy")
 
 MAX_BUFFERED = 1024 * 1024
 MAX_INVOCATION_BODY = 1024 * 1024
+MAX_RETRIES = 3
 _RETRY_SAFE = frozenset({"GET", "HEAD", "OPTIONS", "LIST"})
 _REASONS = {
     200: "OK",
@@ -80,7 +81,7 @@ class ClientConnection(asyncio.Protocol):
         self.pending_size = 0
         self.upstream: UpstreamConnection | None = None
         self.upstream_head = b""
-        self.reused = False
+        self.retries = 0
         self.response: Response | None = None
         self.response_body: BodyFramer | None = None
         self.response_head = b""
@@ -186,7 +187,7 @@ class ClientConnection(asyncio.Protocol):
             self.upstream_head = upstream_head(request, self.client_address)
             upstream = self.app.pool.take_idle() if self.app.supervisor.ready else None
             if upstream is not None:
-                self._attach(upstream, reused=True)
+                self._attach(upstream)
             else:
                 self.task = self.loop.create_task(self._acquire())
         if rest or self.request_body.done:
@@ -249,11 +250,10 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             upstream.close()
         else:
-            self._attach(upstream, reused=False)
+            self._attach(upstream)
 
-    def _attach(self, upstream: UpstreamConnection, reused: bool) -> None:
+    def _attach(self, upstream: UpstreamConnection) -> None:
         self.upstream = upstream
-        self.reused = reused
         upstream.client = self
         if self.pending:
             upstream.transport.write(self.upstream_head + b"".join(self.pending))
@@ -351,9 +351,10 @@ class ClientConnection(asyncio.Protocol):
                 self._finish()
             else:
                 self._abort()
-        elif self.reused and self.request.method in _RETRY_SAFE and not self.request.has_body:
-            # A pooled keep-alive connection that Vault had closed; nothing was processed.
-            self.reused = False
+        elif self.retries < MAX_RETRIES and self.request.method in _RETRY_SAFE and not self.request.has_body:
+            # Vault closed the connection without answering: a pooled connection it had
+            # dropped, or Vault died. A read without a body is safe to send again.
+            self.retries += 1
             self.task = self.loop.create_task(self._acquire())
         else:
             self._upstream_failed("Vault closed the connection before answering; it may be restarting")
