@@ -182,6 +182,10 @@ class VaultSupervisor:
         self.ready = True
         self.last_error = None
         self._ready.set()
+        if settings.local:
+            address = f"http://{settings.listen_host}:{settings.listen_port}"
+            init_file = settings.data_dir / bootstrap.INIT_FILE
+            log.info("Vault is ready at %s (root token and recovery key: %s)", address, init_file)
 
     async def _wait_listening(self, port: int) -> None:
         loop = asyncio.get_running_loop()
