@@ -41,7 +41,11 @@ class VaultUnavailable(Exception):
 
 
 class VaultStartError(RuntimeError):
-    pass
+    """Vault did not come up; `summary` is safe to show to clients, the message goes to the log."""
+
+    def __init__(self, summary: str, details: str = "") -> None:
+        super().__init__(f"{summary}: {details}" if details else summary)
+        self.summary = summary
 
 
 def free_port() -> int:
@@ -121,7 +125,9 @@ class VaultSupervisor:
             try:
                 await self._start_once()
             except (VaultStartError, template.TemplateError, bootstrap.BootstrapError, OSError) as error:
-                self.last_error = str(error)
+                # Clients see a summary; Vault's own output stays in the log.
+                summary = error.summary if isinstance(error, VaultStartError) else "see the app's log"
+                self.last_error = f"Vault failed to start ({summary})"
                 log.error("Vault failed to start: %s", error)
                 await self._terminate()
             else:
@@ -194,12 +200,12 @@ class VaultSupervisor:
             if self._process.returncode is not None:
                 await asyncio.gather(*self._relays)
                 recent = " | ".join(self._recent) or "no output"
-                raise VaultStartError(f"Vault exited with code {self._process.returncode} while starting: {recent}")
+                raise VaultStartError(f"exited with code {self._process.returncode} while starting", recent)
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
             except OSError:
                 if loop.time() > deadline:
-                    raise VaultStartError(f"Vault did not listen on port {port} within {START_TIMEOUT:g}s") from None
+                    raise VaultStartError(f"did not listen on its port within {START_TIMEOUT:g}s") from None
                 await asyncio.sleep(0.005)
             else:
                 writer.close()
