@@ -49,7 +49,7 @@ class Settings:
     eager_start: bool
     auto_init: bool
     max_request_duration: float
-    init_token: str | None
+    init_token: str | None = field(repr=False)
     log_level: str
     vault_api_addr: str | None
     # The whole environment, for the template's `env` function and Vault's own
@@ -130,7 +130,7 @@ class _Reader:
         if not raw:
             return default
         low = 0 if allow_zero else 1
-        if not raw.isdigit() or not low <= int(raw) <= 65535:
+        if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= 65535:
             raise SettingsError(name, f"{raw!r} is not a port number", f"set it to a number from {low} to 65535")
         return int(raw)
 

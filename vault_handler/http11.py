@@ -46,6 +46,7 @@ _REQUEST_DROP = frozenset(
         b"x-vaultfn-init-token",
     }
 )
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
 _RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"trailer", b"upgrade"})
 
 
@@ -173,6 +174,9 @@ def _read_request_semantics(request: Request) -> None:
                     request.keep_alive = False
                 elif token == b"keep-alive" and request.http10:
                     request.keep_alive = True
+                elif token in _FRAMING:
+                    # Dropping it upstream while framing the body by it here would smuggle a request.
+                    raise ProtocolError(400, f"Connection may not name {token.decode()}")
                 elif token:
                     extra_drop.add(token)
         elif name == b"expect":

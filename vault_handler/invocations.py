@@ -42,8 +42,8 @@ class Dispatcher:
     def __init__(self, jobs: Mapping[str, Job | str]) -> None:
         self._jobs = dict(jobs)
 
-    def _job(self, name: str) -> Job | None:
-        job = self._jobs.get(name)
+    def _job(self, name: str) -> Job:
+        job = self._jobs[name]
         if isinstance(job, str):
             module, _, attribute = job.partition(":")
             job = getattr(importlib.import_module(module), attribute)
@@ -51,8 +51,7 @@ class Dispatcher:
         return job
 
     async def dispatch(self, name: str, body: bytes) -> tuple[int, dict[str, Any]]:
-        job = self._job(name)
-        if job is None:
+        if name not in self._jobs:
             known = ", ".join(sorted(self._jobs)) or "none"
             return _error(404, f"no function named {name!r} (known: {known})")
         try:
@@ -65,11 +64,15 @@ class Dispatcher:
         if not isinstance(data, dict) or not isinstance(metadata, dict):
             return _error(400, "invocation payload's Data and Metadata must be JSON objects")
         try:
-            result = await job(Invocation(name, data, metadata))
-        except Exception as error:
+            result = await self._job(name)(Invocation(name, data, metadata))
+            if not isinstance(result, JobResult):
+                raise TypeError(f"the job returned {type(result).__name__}, not a JobResult")
+            envelope = {"Outputs": result.outputs, "Logs": result.logs, "ReturnValue": result.return_value}
+            json.dumps(envelope)  # fail here, inside the invocation, not while answering
+        except Exception as error:  # noqa: BLE001 - a failing job must not take the handler down
             log.exception("function %s failed", name)
             return 500, {"Outputs": {}, "Logs": [f"{name} failed: {error}"], "ReturnValue": None}
-        return 200, {"Outputs": result.outputs, "Logs": result.logs, "ReturnValue": result.return_value}
+        return 200, envelope
 
 
 def _error(status: int, message: str) -> tuple[int, dict[str, Any]]:

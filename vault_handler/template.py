@@ -19,9 +19,9 @@ from pathlib import Path
 
 _ACTION = re.compile(r"{{(.*?)}}", re.S)
 _TOKEN = re.compile(r'\s*(?:"((?:[^"\\\n]|\\.)*)"|(\|)|([A-Za-z_][A-Za-z0-9_]*))')
-_LISTENER = re.compile(r'listener\s+"tcp"\s*{(.*?)}', re.S)
+_LISTENER = re.compile(r'listener\s+"tcp"\s*{')
 _ADDRESS = re.compile(r'(?m)^\s*address\s*=\s*"([^"]*)"')
-_FORBIDDEN_IN_VALUES = re.compile(r'["\\\x00-\x1f]')
+_FORBIDDEN_IN_VALUES = re.compile(r'["\\\x00-\x1f]|[$%]{')
 
 
 class TemplateError(ValueError):
@@ -52,12 +52,13 @@ def render(template: Path, env: Mapping[str, str], cwd: Path) -> str:
         except TemplateError as error:
             raise TemplateError(f"{where}: {error}") from None
 
-    rendered = _ACTION.sub(replace, text)
-    leftover = rendered.find("{{")
-    if leftover >= 0:
-        line = rendered.count("\n", 0, leftover) + 1
+    # Actions blanked out, line breaks kept: a value may contain '{{', the template may not.
+    skeleton = _ACTION.sub(lambda action: "\n" * action.group(0).count("\n"), text)
+    unclosed = skeleton.find("{{")
+    if unclosed >= 0:
+        line = skeleton.count("\n", 0, unclosed) + 1
         raise TemplateError(f"{template.name}:{line}: unclosed '{{{{' (every action needs a closing '}}}}')")
-    return rendered
+    return _ACTION.sub(replace, text)
 
 
 def _parse(action: str) -> list[_Call]:
@@ -102,7 +103,10 @@ def _evaluate(calls: list[_Call], env: Mapping[str, str], cwd: Path) -> str:
         )
     assert value is not None
     if _FORBIDDEN_IN_VALUES.search(value):
-        raise TemplateError("the value contains a quote, backslash or control character, which would break the config")
+        raise TemplateError(
+            "the value contains a quote, backslash, control character or HCL interpolation ('${' or '%{'), "
+            "which would break the config"
+        )
     return value
 
 
@@ -123,11 +127,36 @@ def _call(name: str, args: tuple, env: Mapping[str, str], cwd: Path) -> str | _M
     raise TemplateError(f"unknown function {name!r} (known: env, cwd, default)")
 
 
+def _block_body(config: str, start: int) -> str:
+    """The text of the block whose `{` is at `start`, up to its matching `}`."""
+    depth = 0
+    in_string = False
+    position = start
+    while position < len(config):
+        char = config[position]
+        if in_string:
+            if char == "\\":
+                position += 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return config[start + 1 : position]
+        position += 1
+    return config[start + 1 :]
+
+
 def listener_ports(config: str) -> list[int]:
     """Ports of the `listener "tcp"` blocks of a rendered config."""
     ports = []
-    for block in _LISTENER.findall(config):
-        for address in _ADDRESS.findall(block):
+    for match in _LISTENER.finditer(config):
+        body = _block_body(config, match.end() - 1)
+        for address in _ADDRESS.findall(body):
             _, _, port = address.rpartition(":")
             if port.isdigit():
                 ports.append(int(port))
@@ -153,6 +182,7 @@ def write_private(config: str, directory: Path) -> Path:
     """Write the rendered config readable by this user only (0600 in a 0700 dir)."""
     path = directory / "vault.hcl"
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(descriptor, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as file:
         file.write(config)
     return path
