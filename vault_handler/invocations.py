@@ -69,7 +69,7 @@ class Dispatcher:
                 raise TypeError(f"the job returned {type(result).__name__}, not a JobResult")
             envelope = {"Outputs": result.outputs, "Logs": result.logs, "ReturnValue": result.return_value}
             json.dumps(envelope)  # fail here, inside the invocation, not while answering
-        except Exception as error:  # noqa: BLE001 - a failing job must not take the handler down
+        except Exception as error:  # a failing job must not take the handler down
             log.exception("function %s failed", name)
             return 500, {"Outputs": {}, "Logs": [f"{name} failed: {error}"], "ReturnValue": None}
         return 200, envelope
