@@ -213,3 +213,23 @@ def test_head_request_has_no_body(vault: RunningHandler) -> None:
     connection.request("GET", "/v1/sys/health")
     assert json.loads(connection.getresponse().read())["initialized"] is True
     connection.close()
+
+
+def test_slow_reader_gets_everything_and_the_pool_stays_usable(vault: RunningHandler) -> None:
+    value = "s" * 2_000_000
+    headers = token_header(vault)
+    assert vault.request("POST", "/v1/secret/data/slow", {"data": {"v": value}}, headers)[0] == 200
+    connection = http.client.HTTPConnection("127.0.0.1", vault.port, timeout=10)
+    connection.request("GET", "/v1/secret/data/slow", headers=headers)
+    time.sleep(0.5)  # the handler's write buffer fills: it must stop reading from Vault, then resume
+    response = connection.getresponse()
+    body = b""
+    while chunk := response.read(16384):
+        body += chunk
+        time.sleep(0.0005)
+    connection.close()
+    assert response.status == 200
+    assert json.loads(body)["data"]["data"]["v"] == value
+    # The connection that carried it went back to the pool: later requests must not stall on it.
+    for _ in range(20):
+        assert vault.request("GET", "/v1/sys/health", timeout=5)[0] == 200

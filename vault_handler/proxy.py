@@ -69,6 +69,7 @@ class ClientConnection(asyncio.Protocol):
         self.buffer = b""
         self.closed = False
         self.eof = False
+        self.write_paused = False
         self._paused: set[str] = set()
         self._reset_exchange()
 
@@ -130,11 +131,13 @@ class ClientConnection(asyncio.Protocol):
             upstream.close()  # mid-exchange: its state is unknown, never reuse it
 
     def pause_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
+        self.write_paused = True
+        if self.upstream is not None:
             self.upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
+        self.write_paused = False
+        if self.upstream is not None:
             self.upstream.transport.resume_reading()
 
     def pause_reading(self, reason: str) -> None:
@@ -255,6 +258,8 @@ class ClientConnection(asyncio.Protocol):
     def _attach(self, upstream: UpstreamConnection) -> None:
         self.upstream = upstream
         upstream.client = self
+        if self.write_paused:
+            upstream.transport.pause_reading()
         if self.pending:
             upstream.transport.write(self.upstream_head + b"".join(self.pending))
             self.pending = []
@@ -373,6 +378,8 @@ class ClientConnection(asyncio.Protocol):
         complete = self.request_body.done
         if upstream is not None:
             if response.keep_alive and complete:
+                if self.write_paused:
+                    upstream.transport.resume_reading()  # hand it back as it was lent
                 self.app.pool.release(upstream)
             else:
                 upstream.close()
