@@ -20,6 +20,8 @@ listener "tcp" {
   cluster_address                  = "127.0.0.1:{{ env "VAULT_CLUSTER_PORT" }}"
   tls_disable                      = true
   x_forwarded_for_authorized_addrs = ["127.0.0.1"]
+  # The handler forwards X-Forwarded-For, or nothing for a loopback client.
+  x_forwarded_for_reject_not_present = false
 }
 
 seal "static" {

@@ -139,7 +139,7 @@ def test_exactly_max_headers_is_accepted():
 def test_list_becomes_get_with_list_true():
     request = parse_request(head(b"LIST /v1/secret/metadata/ HTTP/1.1", b"Host: h"))
     assert upstream_head(request, "127.0.0.1") == (
-        b"GET /v1/secret/metadata/?list=true HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n"
+        b"GET /v1/secret/metadata/?list=true HTTP/1.1\r\nHost: h\r\n\r\n"
     )
 
 
@@ -249,6 +249,18 @@ def test_forwarded_for_absent_uses_client_address():
     assert upstream_head(request, "198.51.100.9") == (
         b"GET /v1/x HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 198.51.100.9\r\n\r\n"
     )
+
+
+@pytest.mark.parametrize("loopback", ["127.0.0.1", "127.8.9.10", "::1"])
+def test_loopback_client_without_forwarded_for_is_forwarded_unchanged(loopback: str):
+    raw = head(b"GET /v1/x?a=b HTTP/1.1", b"Host: h", b"X-Vault-Token: t", b"Accept: */*")
+    request = parse_request(raw)
+    assert upstream_head(request, loopback) == raw + b"\r\n\r\n"
+
+
+def test_plain_head_from_remote_client_gets_forwarded_for_appended():
+    raw = head(b"PUT /v1/x HTTP/1.1", b"Host: h", b"Content-Length: 2")
+    assert upstream_head(parse_request(raw), "198.51.100.9") == raw + b"\r\nX-Forwarded-For: 198.51.100.9\r\n\r\n"
 
 
 def test_empty_forwarded_for_uses_client_address():

@@ -84,4 +84,4 @@ async def initialize(port: int, data_dir: Path, timeout: float = 60.0) -> None:
             return
         if time.monotonic() > deadline:
             raise BootstrapError(f"OpenBao did not become active within {timeout:g}s (health: HTTP {code})")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.005)  # a lazy first request waits on this: poll tightly

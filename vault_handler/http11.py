@@ -22,9 +22,14 @@ MAX_HEADERS = 100
 MAX_CHUNK_LINE = 4096
 MAX_TRAILER_BYTES = 16 * 1024
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKEN_CHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN = re.compile(_TOKEN_CHARS)
 _TARGET = re.compile(rb"/[\x21-\x7e]*|\*")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# One pass over all header lines: a token name, a colon, then a value without
+# control characters other than HTAB (so no CR or LF inside a line).
+_FIELDS = re.compile(rb"(?:" + _TOKEN_CHARS + rb":[^\x00-\x08\x0a-\x1f\x7f]*(?:\r\n(?!\Z)|\Z))+")
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN_CHARS + rb") (/[\x21-\x7e]*|\*) (HTTP/1\.[01])")
 _VERSION = re.compile(rb"HTTP/(\d)\.(\d)")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 _IPV4_PORT = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}")
@@ -46,7 +51,13 @@ _REQUEST_DROP = frozenset(
         b"x-vaultfn-init-token",
     }
 )
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] \d{3}(?: [^\r\n]*)?")
+_RESPONSE_FIELDS = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|trailer|upgrade):([^\r\n]*)"
+)
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
+# The request fields the proxy acts on; every other field passes untouched.
+_REQUEST_SPECIAL = _REQUEST_DROP | {b"content-length", b"transfer-encoding", b"host"}
 _RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"trailer", b"upgrade"})
 
 
@@ -63,15 +74,18 @@ class Request:
     """A parsed request head. `headers` keeps each raw line for forwarding."""
 
     __slots__ = (
+        "_headers",
+        "block",
         "chunked",
         "content_length",
         "drop",
         "expect_continue",
         "forwarded_for",
-        "headers",
         "http10",
         "keep_alive",
         "method",
+        "raw_head",
+        "rewrite",
         "target",
     )
 
@@ -79,13 +93,17 @@ class Request:
         self.method = method
         self.target = target
         self.http10 = http10
-        self.headers: list[tuple[bytes, bytes, bytes]] = []  # (lower name, value, raw line)
+        self.raw_head = b""
+        self.block = b""  # the header lines, validated
+        self._headers: list[tuple[bytes, bytes, bytes]] | None = None
         self.content_length: int | None = None
         self.chunked = False
         self.keep_alive = not http10
         self.expect_continue = False
         self.forwarded_for: list[str] = []
         self.drop: frozenset[bytes] = _REQUEST_DROP
+        # Whether the head must be rebuilt for Vault, rather than forwarded as it came.
+        self.rewrite = http10 or method == "LIST"
 
     @property
     def path(self) -> str:
@@ -95,6 +113,13 @@ class Request:
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
 
+    @property
+    def headers(self) -> list[tuple[bytes, bytes, bytes]]:
+        """(lower name, value, raw line) of every field; built only when needed."""
+        if self._headers is None:
+            self._headers = _parse_fields(self.block)
+        return self._headers
+
     def header(self, lower_name: bytes) -> bytes | None:
         for name, value, _ in self.headers:
             if name == lower_name:
@@ -102,58 +127,81 @@ class Request:
         return None
 
 
-def _split_lines(head: bytes) -> list[bytes]:
-    lines = head.split(b"\r\n")
-    for line in lines:
+def _field_error(block: bytes) -> ProtocolError:
+    """The precise reason a header block failed the one-pass check."""
+    for line in block.split(b"\r\n"):
         if b"\n" in line or b"\r" in line:
-            raise ProtocolError(400, "bare CR or LF in the message head")
-    return lines
+            return ProtocolError(400, "bare CR or LF in the message head")
+        if line[:1] in (b" ", b"\t"):
+            return ProtocolError(400, "obsolete line folding in a header field")
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            return ProtocolError(400, "invalid header field name")
+        if _BAD_VALUE.search(value):
+            return ProtocolError(400, f"invalid character in header field {name.decode()!r}")
+    return ProtocolError(400, "malformed header block")
 
 
-def _parse_fields(lines: list[bytes]) -> list[tuple[bytes, bytes, bytes]]:
+def _parse_fields(block: bytes) -> list[tuple[bytes, bytes, bytes]]:
+    """Header lines as (lower name, value, raw line); `block` has no final CRLF."""
+    if not block:
+        return []
+    if not _FIELDS.fullmatch(block):
+        raise _field_error(block)
+    lines = block.split(b"\r\n")
     if len(lines) > MAX_HEADERS:
         raise ProtocolError(431, f"more than {MAX_HEADERS} header fields")
     fields = []
     for line in lines:
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):
-            if line[:1] in (b" ", b"\t"):
-                raise ProtocolError(400, "obsolete line folding in a header field")
-            raise ProtocolError(400, "invalid header field name")
-        value = value.strip(b" \t")
-        if _BAD_VALUE.search(value):
-            raise ProtocolError(400, f"invalid character in header field {name.decode()!r}")
-        fields.append((name.lower(), value, line))
+        name, _, value = line.partition(b":")
+        fields.append((name.lower(), value.strip(b" \t"), line))
     return fields
 
 
 def parse_request(head: bytes) -> Request:
     """Parse a request head (without its final empty line)."""
-    lines = _split_lines(head)
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]):
-        raise ProtocolError(400, "malformed request line")
-    method, target, version = parts
-    if not _TARGET.fullmatch(target):
-        raise ProtocolError(400, "request target must be an absolute path")
-    if version == b"HTTP/1.1":
-        request = Request(method.decode(), target.decode(), http10=False)
-    elif version == b"HTTP/1.0":
-        request = Request(method.decode(), target.decode(), http10=True)
-    elif _VERSION.fullmatch(version):
-        raise ProtocolError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
-    else:
-        raise ProtocolError(400, "malformed HTTP version")
-    request.headers = _parse_fields(lines[1:])
+    request_line, _, block = head.partition(b"\r\n")
+    match = _REQUEST_LINE.fullmatch(request_line)
+    if match is None:
+        raise _request_line_error(request_line)
+    method, target, version = match.groups()
+    request = Request(method.decode(), target.decode(), http10=version == b"HTTP/1.0")
+    request.raw_head = head
+    if block:
+        if not _FIELDS.fullmatch(block):
+            raise _field_error(block)
+        if block.count(b"\n") >= MAX_HEADERS:
+            raise ProtocolError(431, f"more than {MAX_HEADERS} header fields")
+        request.block = block
     _read_request_semantics(request)
     return request
+
+
+def _request_line_error(line: bytes) -> ProtocolError:
+    parts = line.split(b" ")
+    if b"\r" in line or b"\n" in line:
+        return ProtocolError(400, "bare CR or LF in the message head")
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]):
+        return ProtocolError(400, "malformed request line")
+    if not _TARGET.fullmatch(parts[1]):
+        return ProtocolError(400, "request target must be an absolute path")
+    if _VERSION.fullmatch(parts[2]):
+        return ProtocolError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+    return ProtocolError(400, "malformed HTTP version")
 
 
 def _read_request_semantics(request: Request) -> None:
     hosts = 0
     transfer_encodings = 0
     extra_drop: set[bytes] = set()
-    for name, value, _ in request.headers:
+    for line in request.block.split(b"\r\n") if request.block else ():
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name not in _REQUEST_SPECIAL:
+            continue
+        value = value.strip(b" \t")
+        if name in _REQUEST_DROP:
+            request.rewrite = True
         if name == b"content-length":
             if request.content_length is not None:
                 raise ProtocolError(400, "more than one Content-Length")
@@ -196,6 +244,7 @@ def _read_request_semantics(request: Request) -> None:
         request.keep_alive = False
     if extra_drop:
         request.drop = _REQUEST_DROP | extra_drop
+        request.rewrite = True
 
 
 def normalize_forwarded(entry: str) -> str:
@@ -211,18 +260,28 @@ def normalize_forwarded(entry: str) -> str:
 
 def upstream_head(request: Request, client_address: str) -> bytes:
     """The request head to send to Vault."""
+    if request.forwarded_for:
+        forwarded = b"X-Forwarded-For: " + ", ".join(request.forwarded_for).encode("latin-1")
+    elif client_address.startswith("127.") or client_address == "::1":
+        # Vault records a loopback connection's own address, which is the same;
+        # the templates set x_forwarded_for_reject_not_present = false for this.
+        forwarded = b""
+    else:
+        forwarded = b"X-Forwarded-For: " + client_address.encode("latin-1")
+    if not request.rewrite:
+        return request.raw_head + (b"\r\n" + forwarded if forwarded else b"") + b"\r\n\r\n"
     method, target = request.method, request.target
     if method == "LIST":
         # The Functions host only admits standard methods; Vault treats
         # `GET ...?list=true` exactly like LIST.
         method = "GET"
         target += "&list=true" if "?" in target else "?list=true"
-    forwarded = ", ".join(request.forwarded_for) if request.forwarded_for else client_address
     version = "HTTP/1.0" if request.http10 else "HTTP/1.1"
     parts = [f"{method} {target} {version}".encode("latin-1")]
     drop = request.drop
     parts.extend(raw for name, _, raw in request.headers if name not in drop)
-    parts.append(b"X-Forwarded-For: " + forwarded.encode("latin-1"))
+    if forwarded:
+        parts.append(forwarded)
     parts.append(b"\r\n")
     return b"\r\n".join(parts)
 
@@ -244,30 +303,31 @@ class Response:
 def parse_response(head: bytes, request_method: str, client_keep_alive: bool) -> Response:
     """Parse Vault's response head and build the head to send to the client.
 
-    `head` includes the final empty line. The head is re-serialized only when
-    a hop-by-hop header has to go, which for Vault's answers is rare.
+    `head` includes the final empty line. Vault is trusted to send valid
+    fields, so only the framing and hop-by-hop ones are looked at, in one
+    pass; the head is re-serialized only when one of those has to go, which
+    for Vault's answers is rare.
     """
-    lines = _split_lines(head[:-4])
-    status_line = lines[0]
-    if len(status_line) < 12 or not status_line.startswith(b"HTTP/1.") or not status_line[9:12].isdigit():
+    status_line, _, block = head[:-4].partition(b"\r\n")
+    if not _STATUS_LINE.fullmatch(status_line):
         raise ProtocolError(502, "malformed status line from Vault")
     response = Response(int(status_line[9:12]), head)
-    fields = _parse_fields(lines[1:])
     rewrite = not client_keep_alive
     length_seen = False
-    for name, value, _ in fields:
-        if name in _RESPONSE_DROP:
-            rewrite = True
-            if name == b"connection" and b"close" in value.lower():
-                response.keep_alive = False
-        elif name == b"content-length":
+    for name, value in _RESPONSE_FIELDS.findall(head.lower()):
+        value = value.strip(b" \t")
+        if name == b"content-length":
             if length_seen or not value.isdigit():
                 raise ProtocolError(502, "invalid Content-Length from Vault")
             length_seen = True
             response.content_length = int(value)
         elif name == b"transfer-encoding":
-            response.chunked = value.lower().endswith(b"chunked")
+            response.chunked = value.endswith(b"chunked")
             response.until_close = not response.chunked
+        else:
+            rewrite = True
+            if name == b"connection" and b"close" in value:
+                response.keep_alive = False
     status = response.status
     if request_method == "HEAD" or status < 200 or status in (204, 304):
         response.content_length = 0
@@ -280,7 +340,7 @@ def parse_response(head: bytes, request_method: str, client_keep_alive: bool) ->
         response.keep_alive = False
         rewrite = True
     if rewrite:
-        kept = [raw for name, _, raw in fields if name not in _RESPONSE_DROP]
+        kept = [raw for name, _, raw in _parse_fields(block) if name not in _RESPONSE_DROP]
         if not client_keep_alive or response.until_close:
             kept.append(b"Connection: close")
         response.head = b"\r\n".join([status_line, *kept, b"", b""])

@@ -88,7 +88,6 @@ class ClientConnection(asyncio.Protocol):
         self.response_head = b""
         self.answered = False
         self.task: asyncio.Task | None = None
-        self.timer: asyncio.TimerHandle | None = None
         self.last_activity = 0.0
 
     @property
@@ -124,8 +123,6 @@ class ClientConnection(asyncio.Protocol):
         self.app.connections.discard(self)
         if self.task is not None:
             self.task.cancel()
-        if self.timer is not None:
-            self.timer.cancel()
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.close()  # mid-exchange: its state is unknown, never reuse it
@@ -268,21 +265,13 @@ class ClientConnection(asyncio.Protocol):
         else:
             upstream.transport.write(self.upstream_head)
         self.last_activity = self.loop.time()
-        if self.timer is None:
-            self.timer = self.loop.call_at(
-                self.last_activity + self.app.settings.max_request_duration, self._check_deadline
-            )
 
-    def _check_deadline(self) -> None:
-        limit = self.app.settings.max_request_duration
-        idle = self.loop.time() - self.last_activity
-        if idle < limit:
-            self.timer = self.loop.call_later(limit - idle, self._check_deadline)
+    def check_deadline(self, now: float, limit: float) -> None:
+        """Called by the handler's watchdog: give up on a Vault that stopped answering."""
+        if self.upstream is None or now - self.last_activity < limit:
             return
-        self.timer = None
         upstream, self.upstream = self.upstream, None
-        if upstream is not None:
-            upstream.close()
+        upstream.close()
         if self.response is None:
             self._answer(504, vault_error(f"Vault did not answer within {limit:g}s (VAULTFN_MAX_REQUEST_DURATION)"))
         else:
@@ -428,8 +417,6 @@ class ClientConnection(asyncio.Protocol):
         self.transport.abort()
 
     def _end_exchange(self, keep_alive: bool) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
         self._reset_exchange()
@@ -437,9 +424,9 @@ class ClientConnection(asyncio.Protocol):
             self.closed = True
             self.transport.close()
             return
-        self.resume_reading("pipeline")
-        self.resume_reading("body")
-        self.resume_reading("upstream")
+        if self._paused:
+            self._paused.clear()
+            self.transport.resume_reading()
         if self.buffer:
             # Scheduled, not called: a burst of pipelined requests must not recurse.
             self.loop.call_soon(self._resume_pipeline)

@@ -37,6 +37,7 @@ class Handler:
         self.stopping = False
         self._stopped = asyncio.Event()
         self._server: asyncio.Server | None = None
+        self._watchdog: asyncio.Task | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -44,8 +45,19 @@ class Handler:
             lambda: ClientConnection(self), settings.listen_host, settings.listen_port, backlog=1024, reuse_address=True
         )
         log.info("handler listening on http://%s:%d", settings.listen_host, settings.listen_port)
+        self._watchdog = self.loop.create_task(self._watch_deadlines())
         if settings.eager_start:
             self.supervisor.start()
+
+    async def _watch_deadlines(self) -> None:
+        """One sweep for all connections instead of a timer per request, which costs on every request."""
+        limit = self.settings.max_request_duration
+        interval = min(1.0, limit / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = self.loop.time()
+            for connection in list(self.connections):
+                connection.check_deadline(now, limit)
 
     async def run(self) -> None:
         await self.start()
@@ -63,6 +75,7 @@ class Handler:
         self.stopping = True
         if self._server is not None:
             self._server.close()
+            self._watchdog.cancel()
         for connection in list(self.connections):
             if not connection.busy:
                 connection.transport.close()
