@@ -167,3 +167,21 @@ def test_vault_json_logs_are_relayed_at_their_level(vault: RunningHandler) -> No
     log = vault.log
     assert "INFO vaultfn.vault: [core]" in log
     assert '{"@level"' not in log  # parsed, not copied raw
+
+
+def test_vault_that_stops_answering_gets_504_and_the_handler_stays_responsive(make_handler) -> None:
+    handler: RunningHandler = make_handler(VAULTFN_EAGER_START="true", VAULTFN_MAX_REQUEST_DURATION="2s")
+    handler.wait_healthy()
+    (vault_pid,) = handler.vault_pids()
+    os.kill(vault_pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        status, _, body = handler.request("GET", "/v1/sys/health", timeout=15)
+        waited = time.monotonic() - started
+        assert status == 504
+        assert "did not answer within 2s" in json.loads(body)["errors"][0]
+        assert 2 <= waited < 4.5
+        assert handler.request("POST", "/unknown_function", b"{}", timeout=2)[0] == 404
+    finally:
+        os.kill(vault_pid, signal.SIGCONT)
+    assert handler.request("GET", "/v1/sys/health")[0] == 200

@@ -121,8 +121,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.app.connections.discard(self)
-        if self.task is not None:
-            self.task.cancel()
+        if self.task is not None and self.kind == "proxy":
+            self.task.cancel()  # a job, unlike a wait for Vault, runs to its end
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.close()  # mid-exchange: its state is unknown, never reuse it
@@ -204,6 +204,7 @@ class ClientConnection(asyncio.Protocol):
             part = data if end == len(data) else data[:end]
             if self.upstream is not None:
                 self.upstream.transport.write(part)
+                self.last_activity = self.loop.time()  # a slow upload is progress, not a stall
             else:
                 self.pending.append(part)
                 self.pending_size += len(part)
@@ -377,6 +378,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _answer(self, status: int, body: bytes, retry_after: int | None = None) -> None:
         """Answer the current request from the handler itself."""
+        if self.closed:
+            return
         if self.answered:
             self._abort()
             return
