@@ -138,9 +138,7 @@ def test_exactly_max_headers_is_accepted():
 
 def test_list_becomes_get_with_list_true():
     request = parse_request(head(b"LIST /v1/secret/metadata/ HTTP/1.1", b"Host: h"))
-    assert upstream_head(request, "127.0.0.1") == (
-        b"GET /v1/secret/metadata/?list=true HTTP/1.1\r\nHost: h\r\n\r\n"
-    )
+    assert upstream_head(request, "127.0.0.1") == (b"GET /v1/secret/metadata/?list=true HTTP/1.1\r\nHost: h\r\n\r\n")
 
 
 def test_list_with_query_appends_list_true():
