@@ -25,6 +25,9 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MIN_INIT_TOKEN_LENGTH = 16
+# Defaults of the timers' `%SETTING%` schedules (six-field NCRONTAB, seconds first),
+# for the local scheduler; on Azure the app settings must be set (see README).
+SCHEDULE_DEFAULTS = {"KEEPWARM_SCHEDULE": "0 */5 * * * *"}
 
 
 class SettingsError(ValueError):
@@ -52,10 +55,22 @@ class Settings:
     init_token: str | None = field(repr=False)
     log_level: str
     vault_api_addr: str | None
+    vault_health_url: str | None
+    keepwarm_timeout: float
     # The whole environment, for the template's `env` function and Vault's own
     # variables. Kept out of repr: it holds storage keys and tokens.
     environment: Mapping[str, str] = field(repr=False, default_factory=dict)
     shutdown_timeout: float = 10.0
+
+    @property
+    def handler_url(self) -> str:
+        """Where this handler itself answers."""
+        host = "127.0.0.1" if self.listen_host in ("0.0.0.0", "::", "") else self.listen_host
+        return f"http://{host}:{self.listen_port}"
+
+    def schedule(self, setting: str) -> str | None:
+        """A timer's `%SETTING%` schedule: the app setting, else its documented default."""
+        return self.environment.get(setting) or SCHEDULE_DEFAULTS.get(setting)
 
     @property
     def local(self) -> bool:
@@ -103,6 +118,8 @@ class Settings:
             init_token=init_token,
             log_level=reader.choice("VAULTFN_LOG_LEVEL", "INFO", _LOG_LEVELS),
             vault_api_addr=_api_addr(env),
+            vault_health_url=reader.url("VAULT_HEALTH_URL"),
+            keepwarm_timeout=reader.duration("KEEPWARM_TIMEOUT", 60.0),
             environment=dict(env),
         )
 
@@ -153,6 +170,18 @@ class _Reader:
         if not match or float(match.group(1)) <= 0:
             raise SettingsError(name, f"{raw!r} is not a duration", "use seconds such as 90, or 90s, 1.5m, 500ms")
         return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+    def url(self, name: str) -> str | None:
+        raw = self._env.get(name)
+        if not raw:
+            return None
+        if not raw.startswith(("http://", "https://")) or len(raw) < len("http://x"):
+            raise SettingsError(
+                name,
+                f"{raw!r} is not an http(s) URL",
+                "give a full URL such as https://vault.example.com/v1/sys/health",
+            )
+        return raw
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = (self._env.get(name) or default).upper()

@@ -10,6 +10,7 @@ from shared.settings import Settings, SettingsError
 
 from .binary import BinaryError
 from .bootstrap import BootstrapError
+from .scheduler import ScheduleError
 from .server import Handler
 from .template import TemplateError
 
@@ -21,6 +22,7 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
 
 
 async def _serve(settings: Settings) -> int:
@@ -29,7 +31,12 @@ async def _serve(settings: Settings) -> int:
     except (TemplateError, BinaryError, BootstrapError) as error:
         print(f"vaultfn: cannot start: {error}", file=sys.stderr)
         return 2
-    await handler.run()
+    try:
+        await handler.run()
+    except ScheduleError as error:
+        await handler.supervisor.stop()  # removes its private directory
+        print(f"vaultfn: cannot start: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -15,14 +15,24 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.settings import Settings
+
 log = logging.getLogger("vaultfn.invocations")
 
 
 @dataclass(frozen=True)
 class Invocation:
+    """What the host sent (`Data`, `Metadata`), and the settings the job runs under."""
+
     function: str
     data: dict[str, Any]
     metadata: dict[str, Any]
+    settings: Settings | None = field(default=None, repr=False)
+
+    @property
+    def past_due(self) -> bool:
+        timer = self.data.get("timer")
+        return bool(timer.get("IsPastDue")) if isinstance(timer, dict) else False
 
 
 @dataclass
@@ -34,13 +44,18 @@ class JobResult:
 
 Job = Callable[[Invocation], Awaitable[JobResult]]
 
-# Function name -> "module:attribute" of its job. The timer functions add theirs here.
-FUNCTION_JOBS: dict[str, str] = {}
+# Function name -> "module:attribute" of its job.
+FUNCTION_JOBS: dict[str, str] = {"keepwarm_timer": "keepwarm_timer.job:run"}
 
 
 class Dispatcher:
-    def __init__(self, jobs: Mapping[str, Job | str]) -> None:
+    def __init__(self, jobs: Mapping[str, Job | str], settings: Settings | None = None) -> None:
         self._jobs = dict(jobs)
+        self._settings = settings
+
+    @property
+    def functions(self) -> list[str]:
+        return sorted(self._jobs)
 
     def _job(self, name: str) -> Job:
         job = self._jobs[name]
@@ -64,7 +79,7 @@ class Dispatcher:
         if not isinstance(data, dict) or not isinstance(metadata, dict):
             return _error(400, "invocation payload's Data and Metadata must be JSON objects")
         try:
-            result = await self._job(name)(Invocation(name, data, metadata))
+            result = await self._job(name)(Invocation(name, data, metadata, self._settings))
             if not isinstance(result, JobResult):
                 raise TypeError(f"the job returned {type(result).__name__}, not a JobResult")
             envelope = {"Outputs": result.outputs, "Logs": result.logs, "ReturnValue": result.return_value}

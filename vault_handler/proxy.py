@@ -83,6 +83,7 @@ class ClientConnection(asyncio.Protocol):
         self.upstream: UpstreamConnection | None = None
         self.upstream_head = b""
         self.retries = 0
+        self.cold_start_ms: int | None = None
         self.response: Response | None = None
         self.response_body: BodyFramer | None = None
         self.response_head = b""
@@ -230,8 +231,10 @@ class ClientConnection(asyncio.Protocol):
 
     async def _acquire(self) -> None:
         """Wait for Vault and a connection to it, within the request deadline."""
-        deadline = self.loop.time() + self.app.settings.max_request_duration
+        started = self.loop.time()
+        deadline = started + self.app.settings.max_request_duration
         supervisor = self.app.supervisor
+        cold = not supervisor.ready
         while True:
             remaining = deadline - self.loop.time()
             try:
@@ -248,6 +251,8 @@ class ClientConnection(asyncio.Protocol):
                 # Vault died between two checks; the supervisor restarts it.
                 await asyncio.sleep(0.05)
         self.task = None
+        if cold:
+            self.cold_start_ms = round((self.loop.time() - started) * 1000)
         if self.closed:
             upstream.close()
         else:
@@ -321,6 +326,11 @@ class ClientConnection(asyncio.Protocol):
                 break
             if not request.http10:
                 self.transport.write(response.head)  # interim 1xx answer
+        if self.cold_start_ms is not None:
+            # Tells the keep-warm check (and anyone curious) that this answer waited for Vault to start.
+            status_end = response.head.index(b"\r\n") + 2
+            cold = b"X-Vaultfn-Cold-Start: %d\r\n" % self.cold_start_ms
+            response.head = response.head[:status_end] + cold + response.head[status_end:]
         self.response = response
         self.answered = True
         self.response_head = response.head

@@ -13,6 +13,7 @@ from . import bootstrap
 from .binary import resolve_binary
 from .invocations import FUNCTION_JOBS, Dispatcher, Job
 from .proxy import ClientConnection
+from .scheduler import LocalScheduler, ScheduleError, discover
 from .supervisor import VaultSupervisor, free_port
 from .upstream import UpstreamPool
 
@@ -32,12 +33,13 @@ class Handler:
         self.supervisor.render_config(settings.vault_port or free_port(), free_port())
         if settings.local:
             bootstrap.prepare_data_dir(settings.data_dir)
-        self.dispatcher = Dispatcher(FUNCTION_JOBS if jobs is None else jobs)
+        self.dispatcher = Dispatcher(FUNCTION_JOBS if jobs is None else jobs, settings)
         self.connections: set[ClientConnection] = set()
         self.stopping = False
         self._stopped = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._watchdog: asyncio.Task | None = None
+        self.scheduler: LocalScheduler | None = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -46,6 +48,14 @@ class Handler:
         )
         log.info("handler listening on http://%s:%d", settings.listen_host, settings.listen_port)
         self._watchdog = self.loop.create_task(self._watch_deadlines())
+        if settings.local:
+            # Without the Functions host nobody else fires the timers.
+            try:
+                self.scheduler = LocalScheduler(discover(APP_DIR, settings), self.dispatcher)
+            except ScheduleError:
+                self._server.close()
+                raise
+            self.scheduler.start()
         if settings.eager_start:
             self.supervisor.start()
 
@@ -76,6 +86,8 @@ class Handler:
         if self._server is not None:
             self._server.close()
             self._watchdog.cancel()
+        if self.scheduler is not None:
+            self.scheduler.stop()
         for connection in list(self.connections):
             if not connection.busy:
                 connection.transport.close()

@@ -1,0 +1,1 @@
+"""The keep-warm timer: ping Vault's health URL, keep the app warm, record the state."""
