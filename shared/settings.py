@@ -27,7 +27,7 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MIN_INIT_TOKEN_LENGTH = 16
 # Defaults of the timers' `%SETTING%` schedules (six-field NCRONTAB, seconds first),
 # for the local scheduler; on Azure the app settings must be set (see README).
-SCHEDULE_DEFAULTS = {"KEEPWARM_SCHEDULE": "0 */5 * * * *"}
+SCHEDULE_DEFAULTS = {"KEEPWARM_SCHEDULE": "0 */5 * * * *", "BACKUP_SCHEDULE": "0 0 3 * * *"}
 
 
 class SettingsError(ValueError):
@@ -36,6 +36,67 @@ class SettingsError(ValueError):
     def __init__(self, name: str, problem: str, fix: str) -> None:
         super().__init__(f"{name}: {problem}; {fix}")
         self.name = name
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    """Where backups come from and go to (see README, Backups). Secrets stay out of repr."""
+
+    source: str  # "blob" or "raft"
+    source_account: str | None
+    source_container: str | None
+    source_key: str | None = field(repr=False)
+    source_connection_string: str | None = field(repr=False)
+    raft_address: str
+    raft_token: str | None = field(repr=False)
+    raft_token_file: Path
+    operator_token: str | None = field(repr=False)  # VAULT_TOKEN: restores into a running Vault
+    destination_container: str | None
+    destination_account: str | None
+    destination_connection_string: str | None = field(repr=False)
+    destination_dir: Path | None
+    keep_last: int
+    keep_hourly: int
+    keep_daily: int
+    keep_weekly: int
+    keep_monthly: int
+    parallelism: int
+    max_passes: int
+    verify_sample: int
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str], reader: _Reader, base_url: str, data_dir: Path, local: bool
+    ) -> BackupSettings:
+        container = env.get("AZURE_BLOB_CONTAINER") or None
+        source = reader.choice("BACKUP_SOURCE", "BLOB" if container else "RAFT", ("BLOB", "RAFT")).lower()
+        destination_dir = env.get("BACKUP_DIR") or None
+        destination_container = env.get("BACKUP_CONTAINER") or None
+        if destination_dir is None and destination_container is None and local:
+            destination_dir = str(data_dir / "backups")
+        return cls(
+            source=source,
+            source_account=env.get("AZURE_ACCOUNT_NAME") or None,
+            source_container=container,
+            source_key=env.get("AZURE_STORAGE_KEY") or None,
+            source_connection_string=env.get("AZURE_STORAGE_CONNECTION_STRING") or None,
+            raft_address=(env.get("BACKUP_VAULT_ADDR") or base_url).rstrip("/"),
+            raft_token=env.get("VAULTFN_BACKUP_TOKEN") or None,
+            raft_token_file=data_dir / "backup-token",  # written by the local first start
+            operator_token=env.get("VAULT_TOKEN") or env.get("BAO_TOKEN") or None,
+            destination_container=destination_container,
+            destination_account=env.get("BACKUP_ACCOUNT_NAME") or None,
+            destination_connection_string=env.get("BACKUP_CONNECTION_STRING") or None,
+            destination_dir=Path(destination_dir).absolute() if destination_dir else None,
+            keep_last=reader.count("BACKUP_KEEP_LAST", 7),
+            keep_hourly=reader.count("BACKUP_KEEP_HOURLY", 24),
+            keep_daily=reader.count("BACKUP_KEEP_DAILY", 14),
+            keep_weekly=reader.count("BACKUP_KEEP_WEEKLY", 8),
+            keep_monthly=reader.count("BACKUP_KEEP_MONTHLY", 12),
+            parallelism=max(1, reader.count("BACKUP_PARALLELISM", 16)),
+            max_passes=max(1, reader.count("BACKUP_MAX_PASSES", 3)),
+            verify_sample=reader.count("BACKUP_VERIFY_SAMPLE", 20),
+        )
 
 
 @dataclass(frozen=True)
@@ -57,6 +118,7 @@ class Settings:
     vault_api_addr: str | None
     vault_health_url: str | None
     keepwarm_timeout: float
+    backup: BackupSettings
     # The whole environment, for the template's `env` function and Vault's own
     # variables. Kept out of repr: it holds storage keys and tokens.
     environment: Mapping[str, str] = field(repr=False, default_factory=dict)
@@ -65,8 +127,7 @@ class Settings:
     @property
     def handler_url(self) -> str:
         """Where this handler itself answers."""
-        host = "127.0.0.1" if self.listen_host in ("0.0.0.0", "::", "") else self.listen_host
-        return f"http://{host}:{self.listen_port}"
+        return _handler_url(self.listen_host, self.listen_port)
 
     def schedule(self, setting: str) -> str | None:
         """A timer's `%SETTING%` schedule: the app setting, else its documented default."""
@@ -104,6 +165,9 @@ class Settings:
                 f"shorter than {MIN_INIT_TOKEN_LENGTH} characters",
                 "use a long random value, e.g. `openssl rand -hex 32`",
             )
+        data_dir = Path(env.get("VAULTFN_DATA_DIR") or ".data").absolute()
+        api_addr = _api_addr(env)
+        base_url = api_addr or _handler_url(listen_host, listen_port)
         return cls(
             listen_host=listen_host,
             listen_port=listen_port,
@@ -111,17 +175,22 @@ class Settings:
             config_template=template,
             vault_binary=env.get("VAULT_BINARY") or None,
             vault_port=vault_port,
-            data_dir=Path(env.get("VAULTFN_DATA_DIR") or ".data").absolute(),
+            data_dir=data_dir,
             eager_start=reader.flag("VAULTFN_EAGER_START", False),
             auto_init=reader.flag("VAULTFN_AUTO_INIT", not under_host),
             max_request_duration=reader.duration("VAULTFN_MAX_REQUEST_DURATION", 90.0),
             init_token=init_token,
             log_level=reader.choice("VAULTFN_LOG_LEVEL", "INFO", _LOG_LEVELS),
-            vault_api_addr=_api_addr(env),
+            vault_api_addr=api_addr,
             vault_health_url=reader.url("VAULT_HEALTH_URL"),
             keepwarm_timeout=reader.duration("KEEPWARM_TIMEOUT", 60.0),
+            backup=BackupSettings.from_env(env, reader, base_url, data_dir, not under_host),
             environment=dict(env),
         )
+
+
+def _handler_url(host: str, port: int) -> str:
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
 
 
 def _api_addr(env: Mapping[str, str]) -> str | None:
@@ -149,6 +218,14 @@ class _Reader:
         low = 0 if allow_zero else 1
         if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= 65535:
             raise SettingsError(name, f"{raw!r} is not a port number", f"set it to a number from {low} to 65535")
+        return int(raw)
+
+    def count(self, name: str, default: int) -> int:
+        raw = self._env.get(name)
+        if not raw:
+            return default
+        if not (raw.isascii() and raw.isdigit()):
+            raise SettingsError(name, f"{raw!r} is not a whole number", "set it to 0 or more")
         return int(raw)
 
     def flag(self, name: str, default: bool) -> bool:

@@ -23,7 +23,10 @@ def app_with(tmp_path: Path, **schedules: str) -> Path:
 
 
 def test_the_apps_own_timers_with_their_default_schedules() -> None:
-    assert discover(APP_DIR, Settings.from_env({})) == [TimerFunction("keepwarm_timer", "0 */5 * * * *")]
+    assert discover(APP_DIR, Settings.from_env({})) == [
+        TimerFunction("backup_timer", "0 0 3 * * *"),
+        TimerFunction("keepwarm_timer", "0 */5 * * * *"),
+    ]
 
 
 def test_setting_references_resolve_from_the_environment(tmp_path: Path) -> None:

@@ -19,6 +19,10 @@ log = logging.getLogger("vaultfn.bootstrap")
 
 SEAL_KEY_FILE = "seal.key"
 INIT_FILE = "init.json"
+BACKUP_TOKEN_FILE = "backup-token"
+BACKUP_POLICY_NAME = "vaultfn-backup"
+# The least a raft backup needs (README, Backups). The default policy lets the token renew itself.
+BACKUP_POLICY = 'path "sys/storage/raft/snapshot" {\n  capabilities = ["read", "sudo"]\n}\n'
 
 
 class BootstrapError(RuntimeError):
@@ -45,13 +49,13 @@ def prepare_data_dir(data_dir: Path) -> Path:
     return key
 
 
-def _call(port: int, method: str, path: str, body: dict | None) -> tuple[int, Any]:
+def _call(port: int, method: str, path: str, body: dict | None, token: str | None) -> tuple[int, Any]:
     import http.client  # noqa: PLC0415 - only needed once, at first start
 
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         payload = json.dumps(body).encode() if body is not None else None
-        connection.request(method, path, body=payload, headers={"X-Forwarded-For": "127.0.0.1"})
+        connection.request(method, path, body=payload, headers={"X-Vault-Token": token} if token else {})
         response = connection.getresponse()
         raw = response.read()
         return response.status, json.loads(raw) if raw else None
@@ -59,8 +63,10 @@ def _call(port: int, method: str, path: str, body: dict | None) -> tuple[int, An
         connection.close()
 
 
-async def vault_call(port: int, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
-    return await asyncio.to_thread(_call, port, method, path, body)
+async def vault_call(
+    port: int, method: str, path: str, body: dict | None = None, token: str | None = None
+) -> tuple[int, Any]:
+    return await asyncio.to_thread(_call, port, method, path, body, token)
 
 
 async def initialize(port: int, data_dir: Path, timeout: float = 60.0) -> None:
@@ -81,7 +87,28 @@ async def initialize(port: int, data_dir: Path, timeout: float = 60.0) -> None:
     while True:
         code, _ = await vault_call(port, "GET", "/v1/sys/health")
         if code == 200:
+            await _ensure_backup_token(port, data_dir)
             return
         if time.monotonic() > deadline:
             raise BootstrapError(f"OpenBao did not become active within {timeout:g}s (health: HTTP {code})")
         await asyncio.sleep(0.005)  # a lazy first request waits on this: poll tightly
+
+
+async def _ensure_backup_token(port: int, data_dir: Path) -> None:
+    """A token that can only take raft snapshots, for the local backup timer (`make run`)."""
+    token_file = data_dir / BACKUP_TOKEN_FILE
+    init_file = data_dir / INIT_FILE
+    if token_file.exists() or not init_file.exists():
+        return
+    root = json.loads(init_file.read_text()).get("root_token")
+    code, answer = await vault_call(
+        port, "PUT", f"/v1/sys/policies/acl/{BACKUP_POLICY_NAME}", {"policy": BACKUP_POLICY}, root
+    )
+    if code not in (200, 204):
+        raise BootstrapError(f"creating the {BACKUP_POLICY_NAME} policy failed with HTTP {code}: {answer}")
+    request = {"policies": [BACKUP_POLICY_NAME], "period": "768h", "display_name": "vaultfn-backup"}
+    code, answer = await vault_call(port, "POST", "/v1/auth/token/create-orphan", request, root)
+    if code != 200:
+        raise BootstrapError(f"creating the backup token failed with HTTP {code}")
+    write_private_file(token_file, answer["auth"]["client_token"].encode())
+    log.info("created a raft-snapshot-only token for local backups in %s", token_file)

@@ -45,7 +45,7 @@ class JobResult:
 Job = Callable[[Invocation], Awaitable[JobResult]]
 
 # Function name -> "module:attribute" of its job.
-FUNCTION_JOBS: dict[str, str] = {"keepwarm_timer": "keepwarm_timer.job:run"}
+FUNCTION_JOBS: dict[str, str] = {"keepwarm_timer": "keepwarm_timer.job:run", "backup_timer": "backup_timer.job:run"}
 
 
 class Dispatcher:
