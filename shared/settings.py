@@ -19,6 +19,13 @@ CONFIG_DIR = APP_DIR / "config"
 PRODUCTION_TEMPLATE = CONFIG_DIR / "vault.hcl.tpl"
 LOCAL_TEMPLATE = CONFIG_DIR / "local.hcl.tpl"
 
+_KEEP_DEFAULTS = {
+    "BACKUP_KEEP_LAST": 7,
+    "BACKUP_KEEP_HOURLY": 24,
+    "BACKUP_KEEP_DAILY": 14,
+    "BACKUP_KEEP_WEEKLY": 8,
+    "BACKUP_KEEP_MONTHLY": 12,
+}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -74,6 +81,13 @@ class BackupSettings:
         destination_container = env.get("BACKUP_CONTAINER") or None
         if destination_dir is None and destination_container is None and local:
             destination_dir = str(data_dir / "backups")
+        keep = {name: reader.count(name, default) for name, default in _KEEP_DEFAULTS.items()}
+        if not any(keep.values()):
+            raise SettingsError(
+                "BACKUP_KEEP_LAST",
+                "every BACKUP_KEEP_* is 0, which would prune all but the newest snapshot",
+                "keep at least one rule above 0 (defaults: last 7, hourly 24, daily 14, weekly 8, monthly 12)",
+            )
         return cls(
             source=source,
             source_account=env.get("AZURE_ACCOUNT_NAME") or None,
@@ -88,11 +102,11 @@ class BackupSettings:
             destination_account=env.get("BACKUP_ACCOUNT_NAME") or None,
             destination_connection_string=env.get("BACKUP_CONNECTION_STRING") or None,
             destination_dir=Path(destination_dir).absolute() if destination_dir else None,
-            keep_last=reader.count("BACKUP_KEEP_LAST", 7),
-            keep_hourly=reader.count("BACKUP_KEEP_HOURLY", 24),
-            keep_daily=reader.count("BACKUP_KEEP_DAILY", 14),
-            keep_weekly=reader.count("BACKUP_KEEP_WEEKLY", 8),
-            keep_monthly=reader.count("BACKUP_KEEP_MONTHLY", 12),
+            keep_last=keep["BACKUP_KEEP_LAST"],
+            keep_hourly=keep["BACKUP_KEEP_HOURLY"],
+            keep_daily=keep["BACKUP_KEEP_DAILY"],
+            keep_weekly=keep["BACKUP_KEEP_WEEKLY"],
+            keep_monthly=keep["BACKUP_KEEP_MONTHLY"],
             parallelism=max(1, reader.count("BACKUP_PARALLELISM", 16)),
             max_passes=max(1, reader.count("BACKUP_MAX_PASSES", 3)),
             verify_sample=reader.count("BACKUP_VERIFY_SAMPLE", 20),

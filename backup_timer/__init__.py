@@ -1,0 +1,1 @@
+"""The backup timer: incremental, verified, restorable backups of Vault's storage."""

@@ -1,0 +1,52 @@
+"""The host's `POST /backup_timer`: backup, prune, then a sampled verify; a summary as the result.
+
+The blocking Azure SDK work runs in a worker thread so the handler keeps
+serving Vault meanwhile. A failed step fails the invocation, with the reason
+in its Logs; nothing half-done is ever committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from vault_handler.invocations import Invocation, JobResult
+
+from .commands import backup, open_repository
+from .prune import policy_of, prune
+from .verify import verify
+
+
+def _backup_prune_verify(invocation: Invocation) -> dict[str, Any]:
+    settings = invocation.settings.backup
+    started = time.monotonic()
+    repository = open_repository(settings)
+    result = backup(settings, repository)
+    pruned = prune(repository, policy_of(settings))
+    checked = verify(repository, [result.manifest], settings.verify_sample, settings.parallelism)
+    return {
+        **result.as_dict(),
+        "pruned": pruned.forgotten,
+        "objects_deleted": pruned.objects_deleted,
+        "verified": checked.objects,
+        "verify_ok": checked.ok,
+        "verify_problems": [f"{p.object}: {p.reason}" for p in checked.problems],
+        "repository": repository.description,
+        "past_due": invocation.past_due,
+        "total_s": round(time.monotonic() - started, 3),
+    }
+
+
+async def run(invocation: Invocation) -> JobResult:
+    summary = await asyncio.to_thread(_backup_prune_verify, invocation)
+    logs = [
+        f"backup {summary['id']}: {summary['entries']} entries, {summary['copied']} copied, "
+        f"{summary['reused']} reused, {summary['bytes']} bytes, "
+        f"{'converged' if summary['converged'] else 'NOT converged'}, "
+        f"{summary['duration_s']} s; pruned {len(summary['pruned'])}; verified {summary['verified']} objects "
+        f"{'OK' if summary['verify_ok'] else 'WITH PROBLEMS: ' + '; '.join(summary['verify_problems'])}"
+    ]
+    if not summary["verify_ok"]:
+        raise RuntimeError(logs[0])  # a backup that does not read back is a failed backup
+    return JobResult(return_value=summary, logs=logs)
