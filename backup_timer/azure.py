@@ -28,22 +28,29 @@ def _account_url(account: str) -> str:
     return f"https://{account}.blob.core.windows.net"
 
 
-def service_client(connection_string: str | None, account: str | None, key: str | None) -> BlobServiceClient:
-    from azure.storage.blob import BlobServiceClient  # noqa: PLC0415 - slow import, only when backing up
+def service_client(
+    connection_string: str | None, account: str | None, key: str | None, retries: int = 3
+) -> BlobServiceClient:
+    from azure.storage.blob import BlobServiceClient, ExponentialRetry  # noqa: PLC0415 - slow, only for backups
 
+    # The SDK's default waits 15 s, then 18 s, then 24 s: too long for a timer that must
+    # say soon that storage is down. Transient faults still get a few quick retries.
+    options = {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=retries)}
     if connection_string:
-        return BlobServiceClient.from_connection_string(connection_string)
+        return BlobServiceClient.from_connection_string(connection_string, **options)
     if not account:
         raise ConfigurationError("no storage account: set the account name, or a connection string")
     if key:
-        return BlobServiceClient(_account_url(account), credential=key)
+        return BlobServiceClient(_account_url(account), credential=key, **options)
     from azure.identity import DefaultAzureCredential  # noqa: PLC0415
 
-    return BlobServiceClient(_account_url(account), credential=DefaultAzureCredential())
+    return BlobServiceClient(_account_url(account), credential=DefaultAzureCredential(), **options)
 
 
 def _vault_service(settings: BackupSettings) -> BlobServiceClient:
-    return service_client(settings.source_connection_string, settings.source_account, settings.source_key)
+    return service_client(
+        settings.source_connection_string, settings.source_account, settings.source_key, settings.storage_retries
+    )
 
 
 class ReadUrls:
@@ -99,7 +106,9 @@ def destination_store(settings: BackupSettings, directory: Path | None = None) -
     if directory is not None:
         return DirStore(directory)
     if settings.destination_container:
-        service = service_client(settings.destination_connection_string, settings.destination_account, None)
+        service = service_client(
+            settings.destination_connection_string, settings.destination_account, None, settings.storage_retries
+        )
         container = service.get_container_client(settings.destination_container)
         description = f"container {settings.destination_container} in {service.account_name}"
         return BlobStore(container, description, ReadUrls(service, settings.destination_container))

@@ -70,6 +70,7 @@ class BackupSettings:
     parallelism: int
     max_passes: int
     verify_sample: int
+    storage_retries: int
 
     @classmethod
     def from_env(
@@ -110,6 +111,7 @@ class BackupSettings:
             parallelism=max(1, reader.count("BACKUP_PARALLELISM", 16)),
             max_passes=max(1, reader.count("BACKUP_MAX_PASSES", 3)),
             verify_sample=reader.count("BACKUP_VERIFY_SAMPLE", 20),
+            storage_retries=reader.count("BACKUP_STORAGE_RETRIES", 3),
         )
 
 

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from azure.storage.blob import ContainerClient
+
+from .azurite import Azurite, fill_like_vault, new_container
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_TEMPLATE = REPO / "config" / "local.hcl.tpl"
@@ -190,3 +193,31 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHandler]:
 
 def token_header(handler: RunningHandler) -> dict[str, str]:
     return {"X-Vault-Token": handler.root_token}
+
+
+# --------------------------------------------------------------------------------------------
+# Azurite (the Azure Storage emulator): one blob service for the session, started only when a
+# test asks for it; each `vault_container` is a fresh container filled like a Vault's.
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """The shared Azurite. A test that stops it must start it again (`azurite.restart()`)."""
+    with Azurite() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def vault_container(azurite: Azurite) -> Iterator[tuple[ContainerClient, dict[str, bytes]]]:
+    """(ContainerClient, {blob name: content}) for a new container holding 1,000 Vault-like blobs."""
+    if not azurite.running:  # a previous test stopped it and did not restart it
+        azurite.start()
+    container = new_container(azurite, "vault")
+    contents = fill_like_vault(container, 1000)
+    yield container, contents
+    if azurite.running:
+        try:
+            container.delete_container()
+        except Exception:
+            pass
