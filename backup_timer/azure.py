@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.settings import BackupSettings
 
@@ -35,7 +35,10 @@ def service_client(
 
     # The SDK's default waits 15 s, then 18 s, then 24 s: too long for a timer that must
     # say soon that storage is down. Transient faults still get a few quick retries.
-    options = {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=retries)}
+    options = {
+        "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=retries),
+        "session": _pooled_session(),
+    }
     if connection_string:
         return BlobServiceClient.from_connection_string(connection_string, **options)
     if not account:
@@ -45,6 +48,17 @@ def service_client(
     from azure.identity import DefaultAzureCredential  # noqa: PLC0415
 
     return BlobServiceClient(_account_url(account), credential=DefaultAzureCredential(), **options)
+
+
+def _pooled_session() -> Any:
+    """A requests session with a pool as large as the copies in flight (requests' default is 10)."""
+    import requests  # noqa: PLC0415
+
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
 
 
 def _vault_service(settings: BackupSettings) -> BlobServiceClient:
