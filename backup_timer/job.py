@@ -11,6 +11,16 @@ import asyncio
 import time
 from typing import Any
 
+from shared import telemetry
+from shared.telemetry import (
+    METRIC_BACKUP_AGE_H,
+    METRIC_BACKUP_BYTES,
+    METRIC_BACKUP_CONVERGED,
+    METRIC_BACKUP_COPIED,
+    METRIC_BACKUP_DURATION_S,
+    METRIC_BACKUP_REUSED,
+    METRIC_VERIFY_FAILURES,
+)
 from vault_handler.invocations import Invocation, JobResult
 
 from .commands import backup, open_repository
@@ -38,8 +48,25 @@ def _backup_prune_verify(invocation: Invocation) -> dict[str, Any]:
     }
 
 
+def _report(summary: dict[str, Any]) -> None:
+    sink = telemetry.current()
+    if not sink.enabled:
+        return
+    for name, value in (
+        (METRIC_BACKUP_DURATION_S, summary["duration_s"]),
+        (METRIC_BACKUP_BYTES, summary["bytes"]),
+        (METRIC_BACKUP_COPIED, summary["copied"]),
+        (METRIC_BACKUP_REUSED, summary["reused"]),
+        (METRIC_BACKUP_CONVERGED, 1 if summary["converged"] else 0),
+        (METRIC_VERIFY_FAILURES, len(summary["verify_problems"])),
+        (METRIC_BACKUP_AGE_H, 0.0),
+    ):
+        sink.metric(name, value, {"source": summary["source"]})
+
+
 async def run(invocation: Invocation) -> JobResult:
     summary = await asyncio.to_thread(_backup_prune_verify, invocation)
+    _report(summary)
     logs = [
         f"backup {summary['id']}: {summary['entries']} entries, {summary['copied']} copied, "
         f"{summary['reused']} reused, {summary['bytes']} bytes, "

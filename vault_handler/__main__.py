@@ -22,7 +22,9 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
+    # One line per HTTP request (httpx, the Azure SDK, the telemetry exporter) is noise here.
+    for noisy in ("httpx", "azure", "opentelemetry"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 async def _serve(settings: Settings) -> int:

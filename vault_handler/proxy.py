@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from .http11 import (
@@ -84,6 +85,8 @@ class ClientConnection(asyncio.Protocol):
         self.upstream_head = b""
         self.retries = 0
         self.cold_start_ms: int | None = None
+        self.started_ns = 0
+        self.status = 0
         self.response: Response | None = None
         self.response_body: BodyFramer | None = None
         self.response_head = b""
@@ -171,6 +174,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _start(self, request: Request, rest: bytes) -> None:
         self.request = request
+        if self.app.telemetry.enabled:
+            self.started_ns = time.time_ns()
         self.request_body = BodyFramer(request.content_length, request.chunked)
         decision = decide(request, self.app.settings.init_token)
         self.kind = decision.kind
@@ -224,6 +229,9 @@ class ClientConnection(asyncio.Protocol):
     async def _invoke(self) -> None:
         body = b"".join(self.pending)
         status, payload = await self.app.dispatcher.dispatch(self.function, body)
+        if self.app.telemetry.enabled:
+            # Before answering: the host may freeze the instance as soon as it has the answer.
+            await asyncio.to_thread(self.app.telemetry.flush)
         self.task = None
         self._answer(status, json.dumps(payload).encode())
 
@@ -384,6 +392,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 upstream.close()
         keep_alive = request.keep_alive and response.keep_alive and complete
+        self.status = response.status
         self._end_exchange(keep_alive)
 
     def _answer(self, status: int, body: bytes, retry_after: int | None = None) -> None:
@@ -410,6 +419,7 @@ class ClientConnection(asyncio.Protocol):
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.close()
+        self.status = status
         self._end_exchange(keep_alive)
 
     def _refuse(self, error: ProtocolError) -> None:
@@ -430,6 +440,12 @@ class ClientConnection(asyncio.Protocol):
         self.transport.abort()
 
     def _end_exchange(self, keep_alive: bool) -> None:
+        if self.started_ns:
+            request = self.request
+            path = f"/{self.function}" if self.kind == "invoke" else request.path
+            self.app.telemetry.request(
+                request.method, path, self.status, self.started_ns, time.time_ns() - self.started_ns
+            )
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
         self._reset_exchange()

@@ -7,6 +7,7 @@ import logging
 import signal
 from collections.abc import Mapping
 
+from shared import telemetry
 from shared.settings import APP_DIR, Settings
 
 from . import bootstrap
@@ -39,6 +40,7 @@ class Handler:
         self._stopped = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._watchdog: asyncio.Task | None = None
+        self.telemetry = telemetry.current()
         self.scheduler: LocalScheduler | None = None
 
     async def start(self) -> None:
@@ -47,6 +49,7 @@ class Handler:
             lambda: ClientConnection(self), settings.listen_host, settings.listen_port, backlog=1024, reuse_address=True
         )
         log.info("handler listening on http://%s:%d", settings.listen_host, settings.listen_port)
+        self.telemetry = telemetry.start(settings.environment)  # sets up in a thread: off the start path
         self._watchdog = self.loop.create_task(self._watch_deadlines())
         if settings.local:
             # Without the Functions host nobody else fires the timers.
@@ -98,3 +101,4 @@ class Handler:
             connection.transport.abort()
         await self.supervisor.stop()
         log.info("stopped")
+        await asyncio.to_thread(self.telemetry.shutdown)  # the host may freeze the instance right after

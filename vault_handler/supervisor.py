@@ -18,7 +18,9 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from shared import telemetry
 from shared.settings import APP_DIR, Settings
+from shared.telemetry import METRIC_VAULT_RESTARTS, METRIC_VAULT_START_MS
 
 from . import bootstrap, template, vaultlog
 from .binary import executable
@@ -145,6 +147,7 @@ class VaultSupervisor:
                 pass
             backoff = min(backoff * 2, MAX_BACKOFF)
             self.restarts += 1
+            telemetry.current().metric(METRIC_VAULT_RESTARTS, self.restarts)
 
     async def _start_once(self) -> None:
         settings = self.settings
@@ -175,6 +178,7 @@ class VaultSupervisor:
         ]
         await self._wait_listening(port)
         self.start_seconds = loop.time() - spawned
+        telemetry.current().metric(METRIC_VAULT_START_MS, self.start_seconds * 1000, {"restarts": self.restarts})
         log.info(
             "Vault (pid %d) is listening on 127.0.0.1:%d after %.0f ms",
             self._process.pid,
