@@ -37,6 +37,7 @@ format: install
 bench: install
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) bench/run.py
+	$(PY) bench/backup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

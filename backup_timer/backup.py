@@ -39,7 +39,7 @@ class BackupRefused(RuntimeError):
     """The source is not something to back up; nothing was committed."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceBlob:
     name: str
     size: int

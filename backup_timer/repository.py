@@ -22,7 +22,7 @@ class RepositoryError(RuntimeError):
     """The repository is not one this tool can read, or a snapshot is missing."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     name: str
     size: int
@@ -176,7 +176,7 @@ class Repository:
     def commit(self, manifest: Manifest, lock: Lock) -> None:
         """Write the manifest: the commit point. Checks the lock right before, and never overwrites."""
         lock.check()
-        data = json.dumps(manifest.as_dict(), indent=1).encode()
+        data = json.dumps(manifest.as_dict(), separators=(",", ":")).encode()
         if not self.store.write(f"{SNAPSHOTS}{manifest.id}.json", data, create_only=True):
             raise RepositoryError(f"snapshot {manifest.id} exists already; nothing was overwritten")
 

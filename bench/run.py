@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import datetime
 import http.client
+import itertools
 import json
 import os
 import platform
@@ -41,7 +42,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple, dataclass, field
 from importlib import metadata
@@ -614,15 +615,42 @@ def build_rows(results: Results, options: Options) -> list[Row]:
     return rows
 
 
-def table(rows: list[Row]) -> str:
-    """A padded Markdown table: readable in a terminal and renders in RESULTS.md."""
-    cells = [COLUMNS, *(astuple(row) for row in rows)]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+def table(rows: Sequence[Any], columns: tuple[str, ...] = COLUMNS) -> str:
+    """A padded Markdown table of dataclass rows: readable in a terminal and renders in RESULTS.md."""
+    cells = [columns, *(astuple(row) for row in rows)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     lines = [
         "| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) + " |" for line in cells
     ]
     lines.insert(1, "|" + "|".join("-" * (width + 2) for width in widths) + "|")
     return "\n".join(lines)
+
+
+SECTION_HEADING = re.compile(r"^## ", re.MULTILINE)
+
+
+def split_sections(text: str) -> tuple[str, dict[str, str]]:
+    """A Markdown text's preamble (before its first `## ` heading) and its `## ` sections by heading line.
+
+    A section runs to the next `## ` heading or the end (so its subsections use `### `).
+    """
+    bounds = [*(match.start() for match in SECTION_HEADING.finditer(text)), len(text)]
+    parts = [text[start:end].strip() for start, end in itertools.pairwise(bounds)]
+    return text[: bounds[0]].strip(), {part.partition("\n")[0]: part for part in parts}
+
+
+def merge_results(old: str, new: str) -> str:
+    """`old` with the `## ` sections of `new` replaced in place or appended, and its preamble if `new` has one."""
+    old_preamble, old_sections = split_sections(old)
+    new_preamble, new_sections = split_sections(new)
+    parts = [new_preamble or old_preamble, *{**old_sections, **new_sections}.values()]
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def write_results(path: Path, text: str) -> None:
+    """Write `text` into `path`, keeping what other benches wrote there (their `## ` sections, e.g. "## Backups")."""
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    path.write_text(merge_results(old, text), encoding="utf-8")
 
 
 def command_version(argv: list[str]) -> str:
@@ -783,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bench.run()
         report = report_of(bench, binary, argv)
-        options.output.write_text(markdown(report), encoding="utf-8")
+        write_results(options.output, markdown(report))
         print(json.dumps(report, indent=2) if options.as_json else report["table"])
         progress(f"results written to {shown(options.output)}")
         failed = False
