@@ -33,11 +33,12 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-## Throughput, latency, start time and memory, through the handler vs direct
+## The handler vs bare OpenBao, backups vs a naive copy, telemetry on vs off (bench/RESULTS.md)
 bench: install
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) bench/run.py
 	$(PY) bench/backup.py
+	$(PY) bench/telemetry.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -15,6 +15,7 @@ cannot send availability results; the distro replaces it.)
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import math
 import socket
@@ -218,13 +219,12 @@ class AzureTelemetry(Telemetry):
         """
         from opentelemetry.trace import SpanKind, Status, StatusCode  # noqa: PLC0415
 
-        batch = []
-        while self._requests:
-            batch.append(self._requests.popleft())
+        # Swap rather than drain: the hot path appends to whichever deque is current.
+        batch, self._requests = self._requests, collections.deque(maxlen=REQUEST_BUFFER)
         if not batch:
             return
         step = max(1, math.ceil(len(batch) / (SPANS_PER_SECOND * FLUSH_EVERY)))
-        for method, path, status, start_ns, duration_ns in batch[::step]:
+        for method, path, status, start_ns, duration_ns in itertools.islice(batch, 0, None, step):
             route = route_of(path)
             if route not in self._routes:
                 if len(self._routes) >= ROUTE_LIMIT:
