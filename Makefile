@@ -18,18 +18,18 @@ node_modules/.installed: package.json package-lock.json
 install: $(VENV)/.installed node_modules/.installed
 
 ## The handler with a local OpenBao on http://127.0.0.1:8200, data in .data/
-run: install
+run: $(VENV)/.installed
 	VAULTFN_EAGER_START=$${VAULTFN_EAGER_START:-true} $(PY) -m vault_handler
 
 ## Lint, then every test (real OpenBao, no mocks of it)
 test: install lint
 	$(PY) -m pytest
 
-lint: install
+lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: install
+format: $(VENV)/.installed
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
