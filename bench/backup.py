@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
-import platform
 import resource
 import shlex
 import shutil
@@ -60,8 +58,8 @@ from bench.run import (  # noqa: E402
     BenchError,
     Child,
     Children,
+    base_machine,
     child_env,
-    cpu_model,
     progress,
     rounded,
     shown,
@@ -500,11 +498,7 @@ def build_rows(results: Results) -> list[Row]:
 def machine() -> dict[str, str]:
     azurite = json.loads((ROOT / "node_modules" / "azurite" / "package.json").read_text())["version"]
     return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu_model(),
-        "kernel": platform.platform(),
-        "python": f"{platform.python_implementation()} {platform.python_version()} ({shown(sys.executable)})",
+        **base_machine(),
         "azurite": azurite,
         "azure-storage-blob": metadata.version("azure-storage-blob"),
     }

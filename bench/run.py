@@ -667,17 +667,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine(binary: Path) -> dict[str, str]:
-    try:
-        uvloop = f"uvloop {metadata.version('uvloop')}"
-    except metadata.PackageNotFoundError:
-        uvloop = "asyncio (uvloop not installed)"
+def base_machine() -> dict[str, str]:
+    """What every bench records about the machine it ran on."""
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": str(os.cpu_count()),
         "cpu": cpu_model(),
         "kernel": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()} ({shown(sys.executable)})",
+    }
+
+
+def machine(binary: Path) -> dict[str, str]:
+    try:
+        uvloop = f"uvloop {metadata.version('uvloop')}"
+    except metadata.PackageNotFoundError:
+        uvloop = "asyncio (uvloop not installed)"
+    return {
+        **base_machine(),
         "event loop": uvloop,
         "openbao": command_version([str(binary), "version"]),
         "wrk": command_version(["wrk", "-v"]),
