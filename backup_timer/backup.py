@@ -8,6 +8,7 @@ Raft source: stream Vault's raft snapshot into the repository.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import tarfile
 import tempfile
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
+from xml.etree import ElementTree
 
 from shared.settings import BackupSettings
 
@@ -69,11 +72,40 @@ class RunResult:
 
 
 def list_source(container: ContainerClient) -> dict[str, SourceBlob]:
-    listing = {}
-    for blob in container.list_blobs():
-        md5 = blob.content_settings.content_md5
-        listing[blob.name] = SourceBlob(blob.name, blob.size, bytes(md5).hex() if md5 else None, blob.etag)
-    return listing
+    """Name, size, MD5 and ETag of every blob, one List Blobs page (5,000) per request.
+
+    The SDK's list_blobs builds a full model per blob: about 240 us of CPU each,
+    most of a no-change run. This sends the same signed, retried request through
+    the client's own pipeline and reads only the four fields it needs.
+    """
+    from azure.core.rest import HttpRequest  # noqa: PLC0415
+
+    listing: dict[str, SourceBlob] = {}
+    marker = ""
+    while True:
+        url = f"{container.url}?restype=container&comp=list&maxresults=5000"
+        response = container._client._send_request(
+            HttpRequest("GET", url + (f"&marker={quote(marker)}" if marker else ""))
+        )
+        response.raise_for_status()
+        page = ElementTree.fromstring(response.read())
+        for blob in page.iter("Blob"):
+            properties = blob.find("Properties")
+            md5 = properties.findtext("Content-MD5")
+            etag = properties.findtext("Etag") or ""
+            element = blob.find("Name")
+            name = element.text or ""
+            if element.get("Encoded") == "true":  # names with characters XML cannot carry come percent-encoded
+                name = unquote(name)
+            listing[name] = SourceBlob(
+                name,
+                int(properties.findtext("Content-Length") or 0),
+                base64.b64decode(md5).hex() if md5 else None,
+                etag if etag.startswith('"') else f'"{etag}"',  # as in response headers and the SDK's models
+            )
+        marker = page.findtext("NextMarker") or ""
+        if not marker:
+            return listing
 
 
 class BlobBackup:
