@@ -21,7 +21,6 @@ import math
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
@@ -248,6 +247,8 @@ class AzureTelemetry(Telemetry):
     def availability(self, success: bool, duration_ms: float, message: str, properties: Mapping[str, Any]) -> None:
         if not self._ready.wait(30):
             return
+        import uuid  # noqa: PLC0415 - off the handler's start path
+
         attributes = {
             "microsoft.availability.id": str(uuid.uuid4()),
             "microsoft.availability.name": AVAILABILITY_TEST,

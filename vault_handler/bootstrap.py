@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ def prepare_data_dir(data_dir: Path) -> Path:
                 f"{data_dir / 'raft'} exists but its seal key {key} is missing: the data cannot be unsealed; "
                 "restore the key, or delete the data dir to start afresh"
             )
-        write_private_file(key, secrets.token_bytes(32))
+        write_private_file(key, os.urandom(32))
     return key
 
 
