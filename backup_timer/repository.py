@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,7 +46,6 @@ class Manifest:
     reused: int = 0
     copied_bytes: int = 0
     finished: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def bytes(self) -> int:

@@ -115,9 +115,6 @@ class Store:
     def exists(self, key: str) -> bool:
         raise NotImplementedError
 
-    def is_empty(self) -> bool:
-        return next(iter(self.list("")), None) is None
-
     def lock(self, owner: str) -> Lock:
         raise NotImplementedError
 

@@ -20,7 +20,6 @@ import logging
 import math
 import socket
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
@@ -336,7 +335,3 @@ def start(environment: Mapping[str, str]) -> Telemetry:
 
 def current() -> Telemetry:
     return _current
-
-
-def now_ns() -> int:
-    return time.time_ns()

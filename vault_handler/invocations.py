@@ -53,10 +53,6 @@ class Dispatcher:
         self._jobs = dict(jobs)
         self._settings = settings
 
-    @property
-    def functions(self) -> list[str]:
-        return sorted(self._jobs)
-
     def _job(self, name: str) -> Job:
         job = self._jobs[name]
         if isinstance(job, str):
