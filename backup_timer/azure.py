@@ -8,58 +8,20 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shared.settings import BackupSettings
+from shared.storage import ConfigurationError, service_client
 
 from .stores import BlobStore, DirStore, Store
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient, ContainerClient
 
-SAS_LIFETIME = timedelta(hours=2)
-
-
-class ConfigurationError(ValueError):
-    """Backups are not configured well enough to run; the message says what to set."""
-
-
-def _account_url(account: str) -> str:
-    return f"https://{account}.blob.core.windows.net"
-
-
-def service_client(
-    connection_string: str | None, account: str | None, key: str | None, retries: int = 3
-) -> BlobServiceClient:
-    from azure.storage.blob import BlobServiceClient, ExponentialRetry  # noqa: PLC0415 - slow, only for backups
-
-    # The SDK's default waits 15 s, then 18 s, then 24 s: too long for a timer that must
-    # say soon that storage is down. Transient faults still get a few quick retries.
-    options = {
-        "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=retries),
-        "session": _pooled_session(),
-    }
-    if connection_string:
-        return BlobServiceClient.from_connection_string(connection_string, **options)
-    if not account:
-        raise ConfigurationError("no storage account: set the account name, or a connection string")
-    if key:
-        return BlobServiceClient(_account_url(account), credential=key, **options)
-    from azure.identity import DefaultAzureCredential  # noqa: PLC0415
-
-    return BlobServiceClient(_account_url(account), credential=DefaultAzureCredential(), **options)
-
-
-def _pooled_session() -> Any:
-    """A requests session with a pool as large as the copies in flight (requests' default is 10)."""
-    import requests  # noqa: PLC0415
-
-    session = requests.Session()
-    session.trust_env = False  # else every request re-reads proxy variables and ~/.netrc: ~9% of a backup's CPU
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+# Each SAS is made right before its copy: a short life limits what a SAS kept in a copy's
+# properties (the service records the copy source) could read later.
+SAS_LIFETIME = timedelta(minutes=15)
+DELEGATION_KEY_LIFETIME = timedelta(days=1)
 
 
 def _vault_service(settings: BackupSettings) -> BlobServiceClient:
@@ -90,7 +52,8 @@ class ReadUrls:
             signing = {"account_key": credential.account_key}
         else:
             if self._delegation_key is None:
-                self._delegation_key = self.service.get_user_delegation_key(datetime.now(UTC), expiry)
+                now = datetime.now(UTC)
+                self._delegation_key = self.service.get_user_delegation_key(now, now + DELEGATION_KEY_LIFETIME)
             signing = {"user_delegation_key": self._delegation_key}
         sas = generate_blob_sas(
             self.service.account_name,

@@ -71,8 +71,8 @@ class RunResult:
         }
 
 
-def list_source(container: ContainerClient) -> dict[str, SourceBlob]:
-    """Name, size, MD5 and ETag of every blob, one List Blobs page (5,000) per request.
+def list_source(container: ContainerClient, skip: str) -> dict[str, SourceBlob]:
+    """Name, size, MD5 and ETag of every blob but `skip` (the lock blob), one List Blobs page (5,000) per request.
 
     The SDK's list_blobs builds a full model per blob: about 240 us of CPU each,
     most of a no-change run. This sends the same signed, retried request through
@@ -97,6 +97,8 @@ def list_source(container: ContainerClient) -> dict[str, SourceBlob]:
             name = element.text or ""
             if element.get("Encoded") == "true":  # names with characters XML cannot carry come percent-encoded
                 name = unquote(name)
+            if name == skip:
+                continue
             listing[name] = SourceBlob(
                 name,
                 int(properties.findtext("Content-Length") or 0),
@@ -131,7 +133,7 @@ class BlobBackup:
         return {"kind": "blob", "account": self.container.account_name, "container": self.container.container_name}
 
     def take(self, snapshot: str, started: datetime) -> Manifest:
-        listing = list_source(self.container)
+        listing = list_source(self.container, self.settings.lock_blob)
         missing = [name for name in VAULT_MARKERS if name not in listing]
         if missing:
             raise BackupRefused(
@@ -164,7 +166,7 @@ class BlobBackup:
                 # Nothing was copied, so nothing had time to drift from the listing just made.
                 converged = not any(name not in entries for name in listing)
                 break
-            listing = list_source(self.container)
+            listing = list_source(self.container, self.settings.lock_blob)
             for name in set(entries) - set(listing):
                 del entries[name]  # deleted by Vault during the run
             pending = {n: b for n, b in listing.items() if n not in entries or entries[n].etag != b.etag}

@@ -49,7 +49,6 @@ sys.path.insert(0, str(ROOT))
 
 from azure.core.exceptions import AzureError  # noqa: E402
 
-from backup_timer.azure import service_client  # noqa: E402
 from backup_timer.commands import backup, open_repository  # noqa: E402
 from bench.relay import Relay, RelayConfig  # noqa: E402
 from bench.run import (  # noqa: E402
@@ -68,6 +67,7 @@ from bench.run import (  # noqa: E402
     write_results,
 )
 from shared.settings import BackupSettings, Settings  # noqa: E402
+from shared.storage import service_client  # noqa: E402
 from tests.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, fill_like_vault, new_container  # noqa: E402
 
 HEADING = "## Backups"
@@ -520,7 +520,7 @@ def method_text(results: Results, options: Options) -> str:
 - Source: a fresh Azurite (`tests.azurite.Azurite`), one container filled by `tests.azurite.fill_like_vault` with \
 {results.blobs:,} Vault-like blobs, {results.data_bytes:,} bytes (50-2,000 bytes each), in {results.fill_s:.1f} s.
 - Naive copy: list the container, then for each blob `download_blob().readall()` and `upload_blob(...)` into a new \
-container, one at a time, with the backup's own client settings (`backup_timer.azure.service_client`, no retries). \
+container, one at a time, with the backup's own client settings (`shared.storage.service_client`, no retries). \
 Direct: all blobs. Through the relay: all blobs listed, the first {subset} copied, and the copy time extrapolated \
 linearly to {results.blobs:,} blobs (listing time + copy time x blobs / copied).
 - Backups, direct: `backup_timer.commands.backup` in this process with \

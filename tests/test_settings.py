@@ -265,3 +265,52 @@ def test_from_env_reads_os_environ(monkeypatch: pytest.MonkeyPatch):
     assert settings.listen_port == 9123
     assert settings.max_request_duration == 120.0
     assert settings.environment["VAULTFN_PORT"] == "9123"
+
+
+def test_the_lock_is_on_whenever_vault_stores_in_a_container():
+    assert Settings.from_env({}).lock.enabled is False
+    lock = Settings.from_env({"AZURE_BLOB_CONTAINER": "vault", "AZURE_ACCOUNT_NAME": "acct"}).lock
+    assert (lock.enabled, lock.container, lock.blob, lock.lease_seconds) == (True, "vault", "vaultfn.lock", 60)
+    off = Settings.from_env({"AZURE_BLOB_CONTAINER": "vault", "AZURE_ACCOUNT_NAME": "acct", "VAULTFN_LOCK": "off"})
+    assert off.lock.enabled is False
+
+
+def test_the_lock_key_stays_out_of_repr():
+    settings = Settings.from_env(
+        {
+            "VAULTFN_LOCK": "on",
+            "AZURE_BLOB_CONTAINER": "vault",
+            "AZURE_ACCOUNT_NAME": "a",
+            "AZURE_STORAGE_KEY": "S3CR3T",
+        }
+    )
+    assert "S3CR3T" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "name", "message"),
+    [
+        ({"VAULTFN_LOCK": "on", "AZURE_ACCOUNT_NAME": "a"}, "VAULTFN_LOCK", "names no container"),
+        ({"VAULTFN_LOCK": "on", "AZURE_BLOB_CONTAINER": "v"}, "VAULTFN_LOCK", "no storage account"),
+        ({"VAULTFN_LOCK": "maybe"}, "VAULTFN_LOCK", "not a known value"),
+        (
+            {"AZURE_BLOB_CONTAINER": "v", "AZURE_ACCOUNT_NAME": "a", "VAULTFN_LOCK_LEASE": "90s"},
+            "VAULTFN_LOCK_LEASE",
+            "from 15 to 60",
+        ),
+        (
+            {"AZURE_BLOB_CONTAINER": "v", "AZURE_ACCOUNT_NAME": "a", "VAULTFN_LOCK_LEASE": "14"},
+            "VAULTFN_LOCK_LEASE",
+            "from 15 to 60",
+        ),
+        (
+            {"AZURE_BLOB_CONTAINER": "v", "AZURE_ACCOUNT_NAME": "a", "VAULTFN_LOCK_BLOB": "dir/"},
+            "VAULTFN_LOCK_BLOB",
+            "not a blob name",
+        ),
+    ],
+)
+def test_lock_settings_are_checked(env: dict[str, str], name: str, message: str):
+    error = error_for(env)
+    assert error.name == name
+    assert message in str(error)

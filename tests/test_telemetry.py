@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -30,13 +29,6 @@ PLANTED = {
     "BACKUP_CONNECTION_STRING": "DefaultEndpointsProtocol=https;AccountName=planted;AccountKey=PlantedAccountKey==",
 }
 TIMER = json.dumps({"Data": {"timer": {"ScheduleStatus": None, "IsPastDue": False}}, "Metadata": {}}).encode()
-
-
-@pytest.fixture
-def ingestion() -> Iterator[IngestionServer]:
-    server = IngestionServer()
-    yield server
-    server.close()
 
 
 def telemetry_env(ingestion: IngestionServer, **extra: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 
+from shared.scrub import Scrubber, ScrubbingFormatter
 from shared.settings import Settings, SettingsError
 
 from .binary import BinaryError
@@ -15,13 +16,16 @@ from .server import Handler
 from .template import TemplateError
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
+def configure_logging(settings: Settings) -> None:
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(
+        ScrubbingFormatter(
+            Scrubber.from_environment(settings.environment),
+            "%(asctime)s %(levelname)s %(name)s: %(message)s",
+            "%Y-%m-%dT%H:%M:%S",
+        )
     )
+    logging.basicConfig(level=settings.log_level, handlers=[console])
     # One line per HTTP request (httpx, the Azure SDK, the telemetry exporter) is noise here.
     for noisy in ("httpx", "azure", "opentelemetry"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -56,7 +60,7 @@ def main() -> int:
     except SettingsError as error:
         print(f"vaultfn: invalid setting {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings)
     with asyncio.Runner(loop_factory=_new_loop) as runner:
         return runner.run(_serve(settings))
 

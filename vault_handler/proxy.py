@@ -37,6 +37,9 @@ log = logging.getLogger("vaultfn.proxy")
 MAX_BUFFERED = 1024 * 1024
 MAX_INVOCATION_BODY = 1024 * 1024
 MAX_RETRIES = 3
+# Seconds a client may take to send a whole request head (or an invocation's body), from its
+# first byte or from connecting; VAULTFN_MAX_REQUEST_DURATION if shorter. Slowloris defence.
+HEAD_TIMEOUT = 10.0
 _RETRY_SAFE = frozenset({"GET", "HEAD", "OPTIONS", "LIST"})
 _REASONS = {
     200: "OK",
@@ -72,6 +75,7 @@ class ClientConnection(asyncio.Protocol):
         self.eof = False
         self.write_paused = False
         self._paused: set[str] = set()
+        self.head_started = 0.0  # when the incomplete request head in `buffer` began; 0: none pending
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -105,6 +109,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.client_address = peer[0]
+        self.head_started = self.loop.time()  # a client that connects and sends nothing is cut off too
         self.app.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -163,8 +168,11 @@ class ClientConnection(asyncio.Protocol):
             self.buffer = buffer
             if len(buffer) >= MAX_HEAD_BYTES:
                 self._refuse(ProtocolError(431, f"request head larger than {MAX_HEAD_BYTES // 1024} KiB"))
+            elif not self.head_started:
+                self.head_started = self.loop.time()
             return
         self.buffer = b""
+        self.head_started = 0.0
         try:
             request = parse_request(buffer[:end])
         except ProtocolError as error:
@@ -184,6 +192,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if decision.kind == "invoke":
             self.function = decision.function
+            self.last_activity = self.loop.time()  # the body must arrive within the head's time limit
             if (request.content_length or 0) > MAX_INVOCATION_BODY:
                 self._answer(413, json.dumps({"error": "invocation payload larger than 1 MiB"}).encode())
                 return
@@ -281,15 +290,35 @@ class ClientConnection(asyncio.Protocol):
         self.last_activity = self.loop.time()
 
     def check_deadline(self, now: float, limit: float) -> None:
-        """Called by the handler's watchdog: give up on a Vault that stopped answering."""
-        if self.upstream is None or now - self.last_activity < limit:
+        """Called by the handler's watchdog: give up on a Vault that stopped answering, or a client that stalls."""
+        if self.upstream is None:
+            self._check_client(now, min(HEAD_TIMEOUT, limit))
+            return
+        if now - self.last_activity < limit:
             return
         upstream, self.upstream = self.upstream, None
         upstream.close()
-        if self.response is None:
-            self._answer(504, vault_error(f"Vault did not answer within {limit:g}s (VAULTFN_MAX_REQUEST_DURATION)"))
-        else:
+        if self.response is not None:
             self._abort()
+        elif not self.request_body.done and "upstream" not in self._paused:
+            # Vault waits for the rest of the body (it is not refusing to read it): the client stalled.
+            self._refuse(ProtocolError(408, f"the request body stopped arriving for {limit:g}s"))
+        else:
+            self._answer(504, vault_error(f"Vault did not answer within {limit:g}s (VAULTFN_MAX_REQUEST_DURATION)"))
+
+    def _check_client(self, now: float, limit: float) -> None:
+        """Cut off a client that holds a connection without finishing its request head or invocation body."""
+        if self.closed:
+            return
+        if self.request is None:
+            if self.head_started and now - self.head_started >= limit:
+                if self.buffer:
+                    self._refuse(ProtocolError(408, f"the request head was not complete within {limit:g}s"))
+                else:  # nothing sent: nothing to answer
+                    self.closed = True
+                    self.transport.close()
+        elif self.kind == "invoke" and not self.request_body.done and now - self.last_activity >= limit:
+            self._refuse(ProtocolError(408, f"the invocation body was not complete within {limit:g}s"))
 
     def upstream_data(self, data: bytes) -> None:
         self.last_activity = self.loop.time()

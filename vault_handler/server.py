@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 from collections.abc import Mapping
@@ -59,6 +60,9 @@ class Handler:
                 self._server.close()
                 raise
             self.scheduler.start()
+        if settings.lock.enabled:
+            # The lock needs the Azure SDK before Vault can start: import it now, while nothing waits for it.
+            self.loop.run_in_executor(None, importlib.import_module, "azure.storage.blob")
         if settings.eager_start:
             self.supervisor.start()
 
@@ -95,7 +99,10 @@ class Handler:
             if not connection.busy:
                 connection.transport.close()
         deadline = self.loop.time() + DRAIN_TIMEOUT
-        while any(c.busy for c in self.connections) and self.loop.time() < deadline:
+        # Busy: a request in flight; a write buffer: an answer still going out to a slow reader.
+        while self.loop.time() < deadline and any(
+            c.busy or c.transport.get_write_buffer_size() for c in self.connections
+        ):
             await asyncio.sleep(0.05)
         for connection in list(self.connections):
             connection.transport.abort()

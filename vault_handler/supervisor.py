@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import shutil
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from shared import telemetry
@@ -24,6 +25,7 @@ from shared.telemetry import METRIC_VAULT_RESTARTS, METRIC_VAULT_START_MS
 
 from . import bootstrap, template, vaultlog
 from .binary import executable
+from .lock import LockUnavailable, SingleWriterLock
 
 log = logging.getLogger("vaultfn.supervisor")
 
@@ -77,7 +79,13 @@ class VaultSupervisor:
         self.last_error: str | None = None
         self.start_seconds: float | None = None
         self.private_dir = template.private_directory()
-        self._ready = asyncio.Event()
+        # Why Vault requests are refused at once instead of waiting: the lock is held elsewhere,
+        # or the last start failed and the next one is a backoff away. None: wait for Vault.
+        self.unavailable: str | None = None
+        self.next_attempt = 0.0
+        self.lock = SingleWriterLock(settings.lock) if settings.lock.enabled else None
+        self._keeper: asyncio.Task | None = None
+        self._changed = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._process: asyncio.subprocess.Process | None = None
@@ -109,38 +117,63 @@ class VaultSupervisor:
     async def ensure_ready(self, timeout: float) -> int:
         if self.ready:
             return self.port
-        if self._stop.is_set():
-            raise VaultUnavailable("the handler is shutting down", retry_after=10)
         self.start()
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except TimeoutError:
-            reason = f": {self.last_error}" if self.last_error else ""
-            raise VaultUnavailable(f"Vault is not ready after {timeout:.0f}s{reason}") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.ready:
+            if self._stop.is_set():
+                raise VaultUnavailable("the handler is shutting down", retry_after=10)
+            if self.unavailable is not None:
+                retry_after = max(1, math.ceil(self.next_attempt - loop.time()))
+                raise VaultUnavailable(f"Vault is not ready: {self.unavailable}", retry_after)
+            changed = self._changed
+            try:
+                await asyncio.wait_for(changed.wait(), deadline - loop.time())
+            except TimeoutError:
+                reason = f": {self.last_error}" if self.last_error else ""
+                raise VaultUnavailable(f"Vault is not ready after {timeout:.0f}s{reason}") from None
         return self.port
+
+    def _notify(self) -> None:
+        """Wake every request waiting in ensure_ready to look at the state again."""
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         backoff = FIRST_BACKOFF
         while not self._stop.is_set():
+            if self.lock is not None and not self.lock.held:
+                await self._take_lock()
+                if self._stop.is_set():
+                    break
             started = loop.time()
+            self.unavailable = None
+            self._notify()
             try:
                 await self._start_once()
             except (VaultStartError, template.TemplateError, bootstrap.BootstrapError, OSError) as error:
+                await self._terminate()
+                if self._fenced():
+                    continue
                 # Clients see a summary; Vault's own output stays in the log.
                 summary = error.summary if isinstance(error, VaultStartError) else "see the app's log"
                 self.last_error = f"Vault failed to start ({summary})"
                 log.error("Vault failed to start: %s", error)
-                await self._terminate()
+                self.unavailable = f"{self.last_error}; the next attempt is in {backoff:g}s"
             else:
                 code = await self._process.wait()
                 self._set_down()
                 if self._stop.is_set():
                     break
+                if self._fenced():
+                    continue
                 self.last_error = f"Vault exited unexpectedly with code {code}"
                 log.error("%s; restarting it", self.last_error)
             if loop.time() - started > STABLE_AFTER:
                 backoff = FIRST_BACKOFF
+            self.next_attempt = loop.time() + backoff
+            self._notify()
             try:
                 await asyncio.wait_for(self._stop.wait(), backoff)
             except TimeoutError:
@@ -148,6 +181,43 @@ class VaultSupervisor:
             backoff = min(backoff * 2, MAX_BACKOFF)
             self.restarts += 1
             telemetry.current().metric(METRIC_VAULT_RESTARTS, self.restarts)
+
+    # -- the single-writer lock ------------------------------------------------
+
+    async def _take_lock(self) -> None:
+        """Try until the lock is ours or the handler stops; meanwhile Vault requests get 503 saying why."""
+        loop = asyncio.get_running_loop()
+        while not self._stop.is_set():
+            try:
+                await self.lock.acquire()
+            except LockUnavailable as error:
+                if self.unavailable != str(error):
+                    log.warning("Vault not started: %s", error)
+                self.unavailable = str(error)
+                self.next_attempt = loop.time() + self.lock.retry_every
+                self._notify()
+                try:
+                    await asyncio.wait_for(self._stop.wait(), self.lock.retry_every)
+                except TimeoutError:
+                    pass
+            else:
+                self._keeper = loop.create_task(self.lock.keep(self._on_lock_lost))
+                return
+
+    def _fenced(self) -> bool:
+        """Vault stopped because the lock was lost: not a failure to back off from."""
+        return self.lock is not None and not self.lock.held
+
+    def _on_lock_lost(self, reason: str) -> None:
+        """Stop proxying now and Vault within `stop_grace`, before the lease can expire."""
+        log.error("%s: stopping Vault", reason)
+        self.unavailable = f"{reason}; this instance stopped Vault and is trying to take the lock again"
+        self.next_attempt = asyncio.get_running_loop().time() + self.lock.retry_every
+        self._set_down()
+        process = self._process
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            asyncio.get_running_loop().call_later(self.lock.stop_grace, _kill_if_running, process)
 
     async def _start_once(self) -> None:
         settings = self.settings
@@ -157,7 +227,7 @@ class VaultSupervisor:
             bootstrap.prepare_data_dir(settings.data_dir)
         config_path = template.write_private(config, self.private_dir)
         binary = executable(self.binary, self.private_dir)
-        env = {k: v for k, v in settings.environment.items() if not k.startswith("VAULTFN_INIT_TOKEN")}
+        env = vault_environment(settings.environment)
         loop = asyncio.get_running_loop()
         spawned = loop.time()
         self._recent.clear()
@@ -191,7 +261,7 @@ class VaultSupervisor:
         self.on_port(port)
         self.ready = True
         self.last_error = None
-        self._ready.set()
+        self._notify()
         if settings.local:
             address = f"http://{settings.listen_host}:{settings.listen_port}"
             init_file = settings.data_dir / bootstrap.INIT_FILE
@@ -222,7 +292,6 @@ class VaultSupervisor:
 
     def _set_down(self) -> None:
         self.ready = False
-        self._ready.clear()
         self.on_port(None)
 
     async def _terminate(self) -> None:
@@ -243,7 +312,33 @@ class VaultSupervisor:
 
     async def stop(self) -> None:
         self._stop.set()
+        self._notify()
         await self._terminate()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._keeper is not None:
+            self._keeper.cancel()
+        if self.lock is not None:
+            await self.lock.release()  # only now: Vault has stopped
         shutil.rmtree(self.private_dir, ignore_errors=True)
+
+
+# Settings for the handler, the timers and telemetry that Vault never reads: kept out of its
+# environment, so a Vault plugin or a `sys/` endpoint can't reveal them. Vault still gets its own
+# (VAULT_*, BAO_*, AZURE_* for the storage backend and seal, the identity endpoint).
+_NOT_FOR_VAULT = ("VAULTFN_", "BACKUP_", "KEEPWARM_", "APPLICATIONINSIGHTS_", "AzureWebJobs")
+_NOT_FOR_VAULT_NAMES = {"AZURE_STORAGE_CONNECTION_STRING", "VAULT_TOKEN", "BAO_TOKEN"}
+
+
+def vault_environment(environment: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name: value
+        for name, value in environment.items()
+        if not name.startswith(_NOT_FOR_VAULT) and name not in _NOT_FOR_VAULT_NAMES
+    }
+
+
+def _kill_if_running(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        log.warning("Vault did not stop after the lock was lost; killing it")
+        process.kill()
