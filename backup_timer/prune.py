@@ -12,7 +12,7 @@ from typing import Any
 
 from shared.settings import BackupSettings
 
-from .repository import OBJECTS, Repository
+from .repository import OBJECTS, Repository, RepositoryError
 from .retention import Decision, Policy, apply
 
 
@@ -53,7 +53,14 @@ def prune(repository: Repository, policy: Policy, dry_run: bool = False) -> Prun
     repository.initialize()
     lock = repository.lock("prune")
     try:
-        manifests = repository.manifests()
+        manifests, unreadable = repository.scan()
+        if unreadable:
+            # Its objects are unknown: deleting "unreferenced" objects now could delete that snapshot's data.
+            raise RepositoryError(
+                f"prune deleted nothing: {len(unreadable)} manifest(s) cannot be read, so which objects they need "
+                f"is unknown ({'; '.join(f'{e.key}: {e.problem}' for e in unreadable)}); repair each one, or move it "
+                "out of snapshots/ to forget that snapshot, then prune again"
+            )
         decisions = apply([(m.id, m.moment) for m in manifests], policy)
         result = PruneResult(decisions, dry_run=dry_run)
         keep = set(result.kept)

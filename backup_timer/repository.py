@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -16,10 +17,43 @@ CONFIG_KEY = "config.json"
 SNAPSHOTS = "snapshots/"
 OBJECTS = "objects/"
 RAFT_ENTRY = "raft.snap"
+# `YYYYMMDDTHHMMSSZ`, with `-2`, `-3`, ... when taken (docs/backup-format.md): nothing else names a snapshot.
+SNAPSHOT_ID = re.compile(r"\d{8}T\d{6}Z(?:-[1-9]\d{0,5})?")
+MD5_HEX = re.compile(r"[0-9a-f]{32}")
+UNREADABLE_HINT = (
+    "restore another snapshot (see `list`); to forget this one, move the file out of snapshots/ "
+    "(`prune` deletes nothing while a manifest cannot be read)"
+)
 
 
 class RepositoryError(RuntimeError):
     """The repository is not one this tool can read, or a snapshot is missing."""
+
+
+class ManifestError(RepositoryError):
+    """A committed manifest cannot be read or is not a valid one (damaged or tampered with)."""
+
+    def __init__(self, snapshot: str, where: str, problem: str) -> None:
+        key = f"{SNAPSHOTS}{snapshot}.json"
+        self.key = key if key.isprintable() and len(key) <= 80 else shown(key)
+        super().__init__(f"{self.key} in {where} is not a valid manifest: {problem}; {UNREADABLE_HINT}")
+        self.snapshot = snapshot
+        self.problem = problem
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A value for an error message: repr (control characters escaped), cut to `limit` characters."""
+    text = repr(value)
+    length = len(value) if isinstance(value, str) else len(text)
+    return text if len(text) <= limit else f"{text[: limit - 1]}... ({length} characters)"
+
+
+def check_snapshot_id(snapshot: str) -> str:
+    if not isinstance(snapshot, str) or not SNAPSHOT_ID.fullmatch(snapshot):
+        raise RepositoryError(
+            f"{shown(snapshot)} is not a snapshot id (ids look like 20261204T030000Z); see `list` for the snapshots"
+        )
+    return snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,23 +107,45 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+    def from_dict(cls, data: Any) -> Manifest:
+        """Parse a manifest, refusing what docs/backup-format.md does not allow; RepositoryError says what."""
+        if not isinstance(data, dict):
+            raise RepositoryError(f"it holds {type(data).__name__}, not a JSON object")
         if data.get("format") != FORMAT:
-            raise RepositoryError(f"not a {FORMAT} manifest")
-        if int(data.get("version", 0)) > VERSION:
-            raise RepositoryError(f"manifest version {data['version']} is newer than this tool ({VERSION}); upgrade it")
-        counts = data.get("counts", {})
+            raise RepositoryError(f"'format' is {shown(data.get('format'), 40)}, not {FORMAT!r}")
+        version = _get(data, "version", int)
+        if version > VERSION:
+            raise RepositoryError(f"manifest version {version} is newer than this tool ({VERSION}); upgrade it")
+        if version < 1:
+            raise RepositoryError(f"'version' is {version}; the first version is 1")
+        time = _get(data, "time", str)
+        try:
+            aware = datetime.fromisoformat(time.replace("Z", "+00:00")).tzinfo is not None
+        except ValueError:
+            aware = False
+        if not aware:
+            raise RepositoryError(f"'time' is {shown(time, 40)}, not a UTC time such as 2026-12-04T03:00:00Z")
+        source = _get(data, "source", dict)
+        entries = [_entry(item, index) for index, item in enumerate(_get(data, "entries", list))]
+        seen: set[str] = set()
+        for entry in entries:
+            if entry.name in seen:
+                raise RepositoryError(f"two entries are named {shown(entry.name, 40)}")
+            seen.add(entry.name)
+        if source.get("kind") == "raft" and len(entries) != 1:
+            raise RepositoryError(f"a raft snapshot has exactly one entry, not {len(entries)}")
+        counts = _get(data, "counts", dict, default={})
         return cls(
-            id=data["id"],
-            time=data["time"],
-            source=data["source"],
-            entries=[Entry(**entry) for entry in data["entries"]],
-            converged=data.get("converged", True),
-            passes=data.get("passes", 1),
-            copied=counts.get("copied", 0),
-            reused=counts.get("reused", 0),
-            copied_bytes=data.get("copied_bytes", 0),
-            finished=data.get("finished", ""),
+            id=_get(data, "id", str),
+            time=time,
+            source=source,
+            entries=entries,
+            converged=_get(data, "converged", bool, default=True),
+            passes=_get(data, "passes", int, default=1),
+            copied=_get(counts, "copied", int, "counts: ", 0),
+            reused=_get(counts, "reused", int, "counts: ", 0),
+            copied_bytes=_get(data, "copied_bytes", int, default=0),
+            finished=_get(data, "finished", str, default=""),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -101,6 +157,43 @@ class Manifest:
             "bytes": self.bytes,
             "converged": self.converged,
         }
+
+
+_MISSING = object()
+_KINDS = {int: "a whole number (0 or more)", str: "text", bool: "true or false", dict: "an object", list: "a list"}
+
+
+def _get(data: dict[str, Any], key: str, kind: type, where: str = "", default: Any = _MISSING) -> Any:
+    """data[key], which must be of `kind` (an int must not be negative); `default` when it is optional."""
+    if key not in data:
+        if default is _MISSING:
+            raise RepositoryError(f"{where}{key!r} is missing")
+        return default
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+        raise RepositoryError(f"{where}{key!r} is {shown(value, 40)}, not {_KINDS[kind]}")
+    return value
+
+
+def _entry(raw: Any, index: int) -> Entry:
+    if not isinstance(raw, dict):
+        raise RepositoryError(f"entry {index} is {shown(raw, 40)}, not an object")
+    name = _get(raw, "name", str, f"entry {index}: ")
+    where = f"entry {index} ({shown(name, 40)}): "
+    if not name:
+        raise RepositoryError(f"entry {index}: 'name' is empty")
+    size = _get(raw, "size", int, where)
+    md5 = _get(raw, "md5", str, where)
+    if not MD5_HEX.fullmatch(md5):
+        raise RepositoryError(f"{where}'md5' is {shown(md5, 40)}, not 32 lowercase hex digits")
+    etag = raw.get("etag")
+    if etag is not None and not isinstance(etag, str):
+        raise RepositoryError(f"{where}'etag' is {shown(etag, 40)}, not text or null")
+    key = _get(raw, "object", str, where)
+    parts = key.split("/")
+    if not key.startswith(OBJECTS) or not key.isprintable() or "\\" in key or any(p in ("", ".", "..") for p in parts):
+        raise RepositoryError(f"{where}'object' is {shown(key, 60)}, not a key under {OBJECTS}")
+    return Entry(name, size, md5, etag, key)
 
 
 def object_key(md5: str, size: int) -> str:
@@ -122,6 +215,7 @@ def iso(moment: datetime) -> str:
 class Repository:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.skipped: list[ManifestError] = []  # unreadable manifests `latest()` passed over
 
     @property
     def description(self) -> str:
@@ -133,11 +227,22 @@ class Repository:
         if ensure is not None:
             ensure()
         if self.store.exists(CONFIG_KEY):
-            config = json.loads(self.store.read(CONFIG_KEY))
-            if config.get("format") != FORMAT:
-                raise RepositoryError(f"{self.description} holds something else than a {FORMAT} repository")
-            if int(config.get("version", 0)) > VERSION:
-                raise RepositoryError(f"{self.description} is format version {config['version']}; upgrade this tool")
+            try:
+                config = json.loads(self.store.read(CONFIG_KEY))
+            except ValueError as error:
+                config = {"problem": f"not JSON: {error}"}
+            if not isinstance(config, dict):
+                config = {"problem": f"{type(config).__name__}, not a JSON object"}
+            version = config.get("version")
+            if config.get("format") != FORMAT or not isinstance(version, int) or isinstance(version, bool):
+                problem = config.get("problem") or f"format {shown(config.get('format'), 40)}, version {shown(version)}"
+                raise RepositoryError(
+                    f"{self.description} holds something else than a {FORMAT} repository ({CONFIG_KEY}: {problem}); "
+                    f"choose another repository, or if only {CONFIG_KEY} was damaged, write "
+                    f'{{"format": "{FORMAT}", "version": {VERSION}}} into it'
+                )
+            if version > VERSION:
+                raise RepositoryError(f"{self.description} is format version {version}; upgrade this tool")
             return
         config = {"format": FORMAT, "version": VERSION, "created": iso(datetime.now(UTC))}
         self.store.write(CONFIG_KEY, json.dumps(config).encode(), create_only=True)
@@ -146,23 +251,57 @@ class Repository:
         return self.store.lock(owner)
 
     def snapshot_ids(self) -> list[str]:
-        ids = [obj.key[len(SNAPSHOTS) : -len(".json")] for obj in self.store.list(SNAPSHOTS)]
-        return sorted(i for i in ids if i)
+        """The <name> of every snapshots/<name>.json, sorted (a damaged file's name may not be an id)."""
+        names = (stored.key[len(SNAPSHOTS) :] for stored in self.store.list(SNAPSHOTS))
+        return sorted(name[: -len(".json")] for name in names if name.endswith(".json") and "/" not in name)
 
     def load(self, snapshot: str) -> Manifest:
-        if "/" in snapshot or snapshot.startswith(".") or not snapshot:
-            raise RepositoryError(f"{snapshot!r} is not a snapshot id")
-        key = f"{SNAPSHOTS}{snapshot}.json"
+        """One committed snapshot; RepositoryError if there is none, ManifestError if its manifest is not valid."""
+        key = f"{SNAPSHOTS}{check_snapshot_id(snapshot)}.json"
         if not self.store.exists(key):
             raise RepositoryError(f"no snapshot {snapshot!r} in {self.description} (see `list`)")
-        return Manifest.from_dict(json.loads(self.store.read(key)))
+        try:
+            manifest = Manifest.from_dict(json.loads(self.store.read(key)))
+        except (OSError, ValueError, RecursionError) as error:
+            raise ManifestError(snapshot, self.description, f"not readable JSON ({shown(str(error), 100)})") from None
+        except RepositoryError as error:
+            raise ManifestError(snapshot, self.description, str(error)) from None
+        if manifest.id != snapshot:
+            raise ManifestError(snapshot, self.description, f"its 'id' is {shown(manifest.id, 40)}, not {snapshot}")
+        return manifest
+
+    def _listed(self, snapshot: str) -> Manifest:
+        """load() for a name from the listing, where a file whose name is not an id is a damaged manifest too."""
+        if not SNAPSHOT_ID.fullmatch(snapshot):
+            raise ManifestError(snapshot, self.description, "its file name is not a snapshot id")
+        return self.load(snapshot)
+
+    def scan(self) -> tuple[list[Manifest], list[ManifestError]]:
+        """Every committed snapshot, and what is wrong with each manifest that cannot be read."""
+        manifests: list[Manifest] = []
+        unreadable: list[ManifestError] = []
+        for snapshot in self.snapshot_ids():
+            try:
+                manifests.append(self._listed(snapshot))
+            except ManifestError as error:
+                unreadable.append(error)
+        return manifests, unreadable
 
     def manifests(self) -> list[Manifest]:
-        return [self.load(snapshot) for snapshot in self.snapshot_ids()]
+        """Every committed snapshot; raises ManifestError if any manifest cannot be read."""
+        manifests, unreadable = self.scan()
+        if unreadable:
+            raise unreadable[0]
+        return manifests
 
     def latest(self) -> Manifest | None:
-        ids = self.snapshot_ids()
-        return self.load(ids[-1]) if ids else None
+        """The newest snapshot whose manifest can be read (the others go to `skipped`)."""
+        for snapshot in reversed(self.snapshot_ids()):
+            try:
+                return self._listed(snapshot)
+            except ManifestError as error:
+                self.skipped.append(error)
+        return None
 
     def new_id(self, moment: datetime) -> str:
         base = snapshot_id(moment)

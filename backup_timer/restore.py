@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.settings import DEFAULT_LOCK_BLOB
+
 from .repository import Entry, Manifest, Repository
-from .stores import BlobStore, md5_of
+from .stores import BlobStore, LockHeld, md5_of
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -25,6 +27,10 @@ Progress = Callable[[int], None]
 
 class RestoreError(RuntimeError):
     """The restore cannot go on; the message says why and what to do."""
+
+
+class TargetInUse(LockHeld):
+    """The target container's single-writer lock is held: a Vault runs on it."""
 
 
 @dataclass
@@ -50,7 +56,9 @@ def default_container_name(snapshot: str) -> str:
 
 
 def _verified_bytes(repository: Repository, entry: Entry) -> bytes:
-    data = b"".join(repository.store.chunks(entry.object))
+    from .verify import stored_chunks  # noqa: PLC0415 - module imports are left to to_container's owner
+
+    data = b"".join(stored_chunks(repository, entry))
     _check(entry, hashlib.md5(data, usedforsecurity=False).hexdigest(), len(data))
     return data
 
@@ -58,8 +66,8 @@ def _verified_bytes(repository: Repository, entry: Entry) -> bytes:
 def _check(entry: Entry, md5: str | None, size: int) -> None:
     if size != entry.size or md5 != entry.md5:
         raise RestoreError(
-            f"{entry.name}: stored object {entry.object} does not match the manifest "
-            f"(size {size}, MD5 {md5}; expected {entry.size}, {entry.md5}); run `verify` and restore another snapshot"
+            f"{entry.name!r}: stored object {entry.object} does not match the manifest (size {size}, MD5 {md5}; "
+            f"expected {entry.size}, {entry.md5}); run `verify` and restore another snapshot"
         )
 
 
@@ -76,14 +84,20 @@ def to_container(
     force: bool = False,
     parallelism: int = 16,
     progress: Progress | None = None,
+    lock_blob: str = DEFAULT_LOCK_BLOB,
 ) -> RestoreResult:
-    """Blob snapshot -> container (created if missing); server-side copies when the repository is a container."""
+    """Blob snapshot -> container (created if missing); server-side copies when the repository is a container.
+
+    A container whose single-writer lock is held has a Vault running on it: refused unless forced.
+    """
     from azure.core.exceptions import ResourceExistsError  # noqa: PLC0415
 
-    entries = _blob_entries(manifest)
+    entries = [entry for entry in _blob_entries(manifest) if entry.name != lock_blob]
     try:
         target.create_container()
     except ResourceExistsError:
+        if not force:
+            _refuse_if_locked(target, lock_blob)
         if not force and next(iter(target.list_blobs()), None) is not None:
             raise RestoreError(
                 f"container {target.container_name!r} is not empty; restore into a new container, "
@@ -122,29 +136,102 @@ def to_container(
     )
 
 
+def _refuse_if_locked(target: ContainerClient, lock_blob: str) -> None:
+    from azure.core.exceptions import ResourceNotFoundError  # noqa: PLC0415
+
+    try:
+        lease = target.get_blob_client(lock_blob).get_blob_properties().lease
+    except ResourceNotFoundError:
+        return
+    if lease.state in ("leased", "breaking"):
+        raise TargetInUse(
+            f"container {target.container_name!r} is in use: its single-writer lock (blob {lock_blob}) is held, so a "
+            "Vault is running on it; stop the function app (the lock is released, or expires within a minute) "
+            "and restore again, or pass --force to write into it anyway"
+        )
+
+
 def to_directory(
     repository: Repository, manifest: Manifest, directory: Path, force: bool = False, progress: Progress | None = None
 ) -> RestoreResult:
-    """Blob snapshot -> one file per blob under `directory`."""
+    """Blob snapshot -> one file per blob under `directory`.
+
+    Every blob name is checked before anything is written. Into an empty or new directory the
+    files go to a hidden sibling first, renamed into place once every object verified: a restore
+    that fails leaves nothing. Only a forced restore into a non-empty directory writes in place.
+    """
+    import shutil  # noqa: PLC0415 - module imports are left to to_container's owner
+    import tempfile  # noqa: PLC0415
+
+    from .verify import ObjectMissing  # noqa: PLC0415
+
     entries = _blob_entries(manifest)
-    root = directory.resolve()
-    if root.exists() and any(root.iterdir()) and not force:
+    root = _target(repository, directory, "--to-dir")
+    if root.exists() and not root.is_dir():
+        raise RestoreError(f"{directory} exists and is not a directory; choose an empty or new directory")
+    in_place = root.exists() and any(root.iterdir())
+    if in_place and not force:
         raise RestoreError(f"{directory} is not empty; choose an empty directory, or pass --force")
+    names = {entry.name for entry in entries}
     for entry in entries:
-        if not (root / entry.name).resolve().is_relative_to(root):
-            raise RestoreError(f"blob name {entry.name!r} would leave {directory}; refusing to restore")
+        parts = entry.name.split("/")
+        leaves = entry.name.startswith("/") or ".." in parts
+        if not leaves and ("\x00" in entry.name or any(part in ("", ".") for part in parts)):
+            raise RestoreError(f"blob name {entry.name!r} is not a file path; restore --to-container (nothing written)")
+        if leaves or not (root / entry.name).resolve().is_relative_to(root):  # resolve: symlinks in a forced target
+            raise RestoreError(f"blob name {entry.name!r} would leave {directory}; refused (nothing written)")
+        clash = next(("/".join(parts[:i]) for i in range(1, len(parts)) if "/".join(parts[:i]) in names), None)
+        if clash is not None:
+            raise RestoreError(
+                f"blobs {clash!r} and {entry.name!r} cannot both be files in a directory; restore --to-container "
+                "(nothing written)"
+            )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    target = root if in_place else Path(tempfile.mkdtemp(prefix=f".{root.name}.restoring-", dir=root.parent))
 
     def one(entry: Entry) -> None:
-        path = root / entry.name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(_verified_bytes(repository, entry))
+        path = target / entry.name
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(_verified_bytes(repository, entry))
+        except OSError as error:
+            raise RestoreError(f"cannot write {path}: {error.strerror or error}") from None
         if progress is not None:
             progress(1)
 
-    _run_locked(repository, entries, one, 8)
+    try:
+        _run_locked(repository, entries, one, 8)
+        if not in_place:
+            if root.exists():
+                root.rmdir()  # empty, as checked above
+            target.rename(root)
+    except Exception as error:
+        if not in_place:
+            shutil.rmtree(target, ignore_errors=True)
+        if not isinstance(error, RestoreError | ObjectMissing):
+            raise
+        where = f"{directory} now holds part of the snapshot" if in_place else f"nothing was written to {directory}"
+        raise RestoreError(f"{error}; {where}") from None
     return RestoreResult(
         manifest.id, str(directory), len(entries), manifest.bytes, f"Restored {len(entries)} blobs under {directory}."
     )
+
+
+def _target(repository: Repository, path: Path, option: str) -> Path:
+    """The resolved restore target; refuses `..`, a symlink, and anywhere in or around a directory repository."""
+    store_root = getattr(repository.store, "root", None)
+    resolved = path.resolve()
+    if ".." in path.parts:
+        problem = "contains '..'; name the target without it"
+    elif path.is_symlink():
+        problem = f"is a symlink (to {path.readlink()}); name the real target"
+    elif store_root is not None and (
+        resolved.is_relative_to(store_root.resolve()) or store_root.resolve().is_relative_to(resolved)
+    ):
+        problem = f"overlaps the repository {store_root}; restore somewhere else"
+    else:
+        return resolved
+    raise RestoreError(f"{option} {str(path)!r} {problem} (nothing was written)")
 
 
 def _raft_entry(manifest: Manifest) -> Entry:
@@ -154,22 +241,37 @@ def _raft_entry(manifest: Manifest) -> Entry:
 
 
 def to_file(repository: Repository, manifest: Manifest, path: Path, force: bool = False) -> RestoreResult:
+    """Raft snapshot -> a file, written beside it under a temporary name and renamed once verified."""
+    import tempfile  # noqa: PLC0415 - module imports are left to to_container's owner
+
+    from .verify import stored_chunks  # noqa: PLC0415
+
     entry = _raft_entry(manifest)
-    if path.exists() and not force:
+    if path.is_dir():
+        raise RestoreError(f"{path} is a directory; give a file name such as {path / (manifest.id + '.snap')}")
+    _target(repository, path, "--to-file")
+    if (path.exists() or path.is_symlink()) and not force:
         raise RestoreError(f"{path} exists; choose another file, or pass --force")
+    if not path.parent.is_dir():
+        raise RestoreError(f"directory {path.parent} does not exist; create it first, or choose another file")
     lock = repository.lock("restore")
+    partial: Path | None = None
     try:
+        descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        partial = Path(name)
         digest = hashlib.md5(usedforsecurity=False)
         size = 0
-        partial = path.with_name(path.name + ".partial")
-        with partial.open("wb") as file:
-            for chunk in repository.store.chunks(entry.object):
+        with open(descriptor, "wb") as file:
+            for chunk in stored_chunks(repository, entry):
                 digest.update(chunk)
                 size += len(chunk)
                 file.write(chunk)
         _check(entry, digest.hexdigest(), size)
         partial.replace(path)
+        partial = None
     finally:
+        if partial is not None:
+            partial.unlink(missing_ok=True)  # a failed restore leaves nothing
         lock.release()
     return RestoreResult(
         manifest.id,

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from .repository import Entry, Manifest, Repository
 from .stores import md5_of
+
+
+class ObjectMissing(RuntimeError):
+    """A stored object a manifest references is not in the repository."""
 
 
 @dataclass(frozen=True)
@@ -42,16 +46,27 @@ class VerifyResult:
         }
 
 
+def stored_chunks(repository: Repository, entry: Entry) -> Iterator[bytes]:
+    """The chunks of an entry's stored object; ObjectMissing when it is not there."""
+    try:
+        yield from repository.store.chunks(entry.object)
+    except Exception as error:  # a missing file, or the SDK's not-found
+        if isinstance(error, FileNotFoundError) or getattr(error, "status_code", None) == 404:
+            raise ObjectMissing(
+                f"stored object {entry.object} of {entry.name!r} is missing from the repository; "
+                "run `verify` to see what else is, and restore another snapshot"
+            ) from None
+        raise
+
+
 def check_object(repository: Repository, entry: Entry) -> str | None:
     """The problem with one stored object, or None when its size and MD5 match."""
     try:
-        md5, size = md5_of(repository.store.chunks(entry.object))
-    except FileNotFoundError:
+        md5, size = md5_of(stored_chunks(repository, entry))
+    except ObjectMissing:
         return "missing"
-    except Exception as error:  # the SDK's not-found and transport errors alike
-        if getattr(error, "status_code", None) == 404:
-            return "missing"
-        return f"unreadable: {type(error).__name__}: {error}"
+    except Exception as error:  # transport errors, an unreadable file
+        return f"unreadable: {type(error).__name__}: {next(iter(str(error).splitlines()), '')}"
     if size != entry.size:
         return f"size {size} instead of {entry.size}"
     if md5 != entry.md5:

@@ -325,9 +325,10 @@ class VaultSupervisor:
 
 # Settings for the handler, the timers and telemetry that Vault never reads: kept out of its
 # environment, so a Vault plugin or a `sys/` endpoint can't reveal them. Vault still gets its own
-# (VAULT_*, BAO_*, AZURE_* for the storage backend and seal, the identity endpoint).
+# (VAULT_*, BAO_*, AZURE_* for its seal, the identity endpoint).
 _NOT_FOR_VAULT = ("VAULTFN_", "BACKUP_", "KEEPWARM_", "APPLICATIONINSIGHTS_", "AzureWebJobs")
-_NOT_FOR_VAULT_NAMES = {"AZURE_STORAGE_CONNECTION_STRING", "VAULT_TOKEN", "BAO_TOKEN"}
+# The storage key reaches Vault through the rendered config, not its environment.
+_NOT_FOR_VAULT_NAMES = {"AZURE_STORAGE_KEY", "AZURE_STORAGE_CONNECTION_STRING", "VAULT_TOKEN", "BAO_TOKEN"}
 
 
 def vault_environment(environment: Mapping[str, str]) -> dict[str, str]:
