@@ -123,8 +123,13 @@ def to_container(
         if progress is not None:
             progress(1)
 
-    _run_locked(repository, entries, one, parallelism)
     name = target.container_name
+    try:
+        _run_locked(repository, entries, one, parallelism)
+    except RestoreError as error:
+        raise RestoreError(
+            f"{error}; container {name!r} now holds a partial restore: delete it before restoring another snapshot"
+        ) from None
     return RestoreResult(
         manifest.id,
         f"container {name}",

@@ -172,9 +172,23 @@ def parse_request(head: bytes) -> Request:
             raise _field_error(block)
         if block.count(b"\n") >= MAX_HEADERS:
             raise ProtocolError(431, f"more than {MAX_HEADERS} header fields")
+        if not block.isascii():
+            _check_utf8(block)
         request.block = block
     _read_request_semantics(request)
     return request
+
+
+def _check_utf8(block: bytes) -> None:
+    """RFC 9110 lets field values carry opaque bytes; Vault reads them as Go strings, so garbage is refused here."""
+    for line in block.split(b"\r\n"):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            name = line.partition(b":")[0].decode("ascii")
+            raise ProtocolError(
+                400, f"header field {name!r} is not valid UTF-8; send ASCII, or percent-encode the value"
+            ) from None
 
 
 def _request_line_error(line: bytes) -> ProtocolError:

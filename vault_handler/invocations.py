@@ -74,6 +74,13 @@ class Dispatcher:
         data, metadata = payload.get("Data", {}), payload.get("Metadata", {})
         if not isinstance(data, dict) or not isinstance(metadata, dict):
             return _error(400, "invocation payload's Data and Metadata must be JSON objects")
+        timer = data.get("timer")
+        if timer is not None and not _timer_info(timer):
+            return _error(
+                400,
+                "invocation payload's Data.timer must be the host's TimerInfo: an object with a boolean IsPastDue "
+                "and ScheduleStatus null or an object",
+            )
         try:
             result = await self._job(name)(Invocation(name, data, metadata, self._settings))
             if not isinstance(result, JobResult):
@@ -84,6 +91,14 @@ class Dispatcher:
             log.exception("function %s failed", name)
             return 500, {"Outputs": {}, "Logs": [f"{name} failed: {error}"], "ReturnValue": None}
         return 200, envelope
+
+
+def _timer_info(timer: Any) -> bool:
+    return (
+        isinstance(timer, dict)
+        and isinstance(timer.get("IsPastDue", False), bool)
+        and isinstance(timer.get("ScheduleStatus"), dict | None)
+    )
 
 
 def _error(status: int, message: str) -> tuple[int, dict[str, Any]]:

@@ -212,4 +212,6 @@ def describe(error: BaseException) -> str:
         return f"HTTP {status}" + (f" {code}" if code else "")
     if isinstance(error, TimeoutError):
         return "timed out"
+    if type(error).__name__ == "ServiceRequestError":
+        return "storage unreachable (ServiceRequestError)"
     return type(error).__name__

@@ -168,6 +168,9 @@ class ClientConnection(asyncio.Protocol):
             self.buffer = buffer
             if len(buffer) >= MAX_HEAD_BYTES:
                 self._refuse(ProtocolError(431, f"request head larger than {MAX_HEAD_BYTES // 1024} KiB"))
+            elif b"\n\n" in buffer or b"\n\r\n" in buffer:
+                # A head ended with bare LFs would otherwise wait for a CRLF CRLF that never comes.
+                self._refuse(ProtocolError(400, "bare CR or LF in the message head"))
             elif not self.head_started:
                 self.head_started = self.loop.time()
             return
