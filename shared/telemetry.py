@@ -18,6 +18,7 @@ import collections
 import itertools
 import logging
 import math
+import os
 import socket
 import threading
 from collections.abc import Mapping
@@ -55,6 +56,7 @@ METRICS = (
 ROUTE_LIMIT = 200  # distinct request names: beyond this, new routes report as "/v1/(other)"
 REQUEST_BUFFER = 20_000
 FLUSH_EVERY = 2.0
+CONTROL_PLANE_SETTING = "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED"
 SPANS_PER_SECOND = 50  # request telemetry items sent per second at most (the rest sampled, with their count)
 
 _SYS_ENDPOINTS = frozenset(
@@ -189,6 +191,10 @@ class AzureTelemetry(Telemetry):
             }
         )
         span_scrubber, log_scrubber = _scrubbing_processors(self.scrubber)
+        # The exporter polls Microsoft's "OneSettings" service (settings.sdk.monitor.azure.com) for
+        # SDK feature flags: an outbound call this app does not need, traced as a failing dependency
+        # wherever egress is closed. Off unless the operator sets it (the SDK reads only os.environ).
+        os.environ.setdefault(CONTROL_PLANE_SETTING, env.get(CONTROL_PLANE_SETTING) or "true")
         configure_azure_monitor(
             connection_string=connection,
             resource=resource,

@@ -70,6 +70,14 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _is_vault_server(pid: int) -> bool:
+    try:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return False
+    return b"server" in arguments[1:2]
+
+
 @dataclass
 class RunningHandler:
     process: subprocess.Popen
@@ -91,7 +99,8 @@ class RunningHandler:
         return self.log_path.read_text(errors="replace")
 
     def vault_pids(self) -> list[int]:
-        return [pid for pid in children(self.process.pid) if alive(pid)]
+        """Vault children only: the Azure SDK's import briefly runs `uname` as a child too."""
+        return [pid for pid in children(self.process.pid) if alive(pid) and _is_vault_server(pid)]
 
     def request(
         self, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None, timeout: float = 30

@@ -188,3 +188,15 @@ def test_backups_leave_the_lock_blob_out_and_restore_refuses_a_locked_container(
         lease.release()
     forced = run_command(["restore", snapshot, "--to-container", source.container_name, "--force"], env)
     assert forced.returncode == 0, forced.stderr
+
+
+def test_a_handler_restarted_on_the_same_instance_takes_its_lease_back_at_once(locked_handler) -> None:
+    """kill -9, then a new handler with the same WEBSITE_INSTANCE_ID: it takes the lease back without waiting for it."""
+    first = locked_handler(WEBSITE_INSTANCE_ID="instance-a")
+    first.wait_healthy()
+    first.stop(signal.SIGKILL)
+    crashed = time.monotonic()
+    second = locked_handler(WEBSITE_INSTANCE_ID="instance-a")
+    second.wait_healthy(timeout=LEASE)
+    assert time.monotonic() - crashed < LEASE * 2 / 3  # the grace for the old Vault (L/6), not the lease's expiry
+    assert "took back this instance's lock from a previous handler" in second.log

@@ -43,6 +43,7 @@ class SingleWriterLock:
         self.settings = settings
         self.lease_seconds = settings.lease_seconds
         self.held = False
+        self.resumed = False  # the last acquire took back a lease this instance held already
         self.valid_until = 0.0  # event-loop time until which the lease is certainly ours
         self._blob: Any = None
         self._lease: Any = None
@@ -112,6 +113,7 @@ class SingleWriterLock:
         where = self.settings.where
         try:
             try:
+                self.resumed = self._held_already()
                 lease.acquire(lease_duration=self.lease_seconds)
             except ResourceNotFoundError as error:
                 if error.error_code == "ContainerNotFound":
@@ -136,6 +138,19 @@ class SingleWriterLock:
             if getattr(error, "status_code", None) == 403:
                 hint = "; give the app's identity Storage Blob Data Contributor on the container, or fix the key"
             raise LockUnavailable(f"cannot take the single-writer lock ({where}): {describe(error)}{hint}") from None
+
+    def _held_already(self) -> bool:
+        """Whether the lease is active before this handler acquires it: with a lease id derived from
+        the instance, a success then means a previous handler on this instance held it, and its Vault
+        (sent SIGTERM by its parent's death) may still be stopping."""
+        if not self.settings.instance_id:
+            return False
+        from azure.core.exceptions import ResourceNotFoundError  # noqa: PLC0415
+
+        try:
+            return self._blob.get_blob_properties().lease.state == "leased"
+        except ResourceNotFoundError:
+            return False
 
     def _holder(self) -> str:
         try:

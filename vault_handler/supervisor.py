@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import shutil
@@ -202,6 +203,13 @@ class VaultSupervisor:
                     pass
             else:
                 self._keeper = loop.create_task(self.lock.keep(self._on_lock_lost))
+                if self.lock.resumed:
+                    log.warning(
+                        "took back this instance's lock from a previous handler; waiting %gs for its Vault to stop",
+                        self.lock.stop_grace,
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), self.lock.stop_grace)
                 return
 
     def _fenced(self) -> bool:
