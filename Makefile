@@ -10,12 +10,18 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+# checkov (tests/test_infra.py), apart: its pins would downgrade the test tools.
+$(VENV)-checkov/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(VENV)-checkov
+	$(VENV)-checkov/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	touch $@
+
 # The Azure Storage emulator (Azurite) for the backup tests and benchmarks.
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-install: $(VENV)/.installed node_modules/.installed
+install: $(VENV)/.installed $(VENV)-checkov/.installed node_modules/.installed
 
 ## The handler with a local OpenBao on http://127.0.0.1:8200, data in .data/
 run: $(VENV)/.installed

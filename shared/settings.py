@@ -37,6 +37,21 @@ MIN_LEASE, MAX_LEASE = 15, 60  # what Azure allows for a blob lease, in seconds
 # Defaults of the timers' `%SETTING%` schedules (six-field NCRONTAB, seconds first),
 # for the local scheduler; on Azure the app settings must be set (see README).
 SCHEDULE_DEFAULTS = {"KEEPWARM_SCHEDULE": "0 */5 * * * *", "BACKUP_SCHEDULE": "0 0 3 * * *"}
+# App settings a production deployment (HashiCorp Vault, config/vault.hcl.tpl) must set; infra/ sets them all.
+PRODUCTION_SETTINGS = (
+    "FUNCTIONS_WORKER_RUNTIME",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    *SCHEDULE_DEFAULTS,
+    "VAULT_API_ADDR",
+    "AZURE_TENANT_ID",
+    "VAULT_AZUREKEYVAULT_VAULT_NAME",
+    "VAULT_AZUREKEYVAULT_KEY_NAME",
+    "AZURE_ACCOUNT_NAME",
+    "AZURE_BLOB_CONTAINER",
+    "VAULTFN_LOCK",
+    "BACKUP_ACCOUNT_NAME",
+    "BACKUP_CONTAINER",
+)
 
 
 class SettingsError(ValueError):

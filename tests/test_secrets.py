@@ -139,7 +139,13 @@ def check_private_config(handler: RunningHandler, temp_dir: Path, settings: dict
     command_lines = vault_command + Path(f"/proc/{handler.process.pid}/cmdline").read_bytes()
     assert leaks({name: value.encode() for name, value in settings.items()}, {"command lines": command_lines}) == []
     # Vault keeps only what it reads itself: a service principal or the identity endpoint for its seal.
-    vaults_own = {"AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD", "IDENTITY_HEADER", "MSI_SECRET"}
+    vaults_own = {
+        "AZURE_CLIENT_SECRET",
+        "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+        "IDENTITY_HEADER",
+        "MSI_SECRET",
+        "VAULT_STATIC_SEAL_KEY",
+    }
     not_for_vault = {name: value.encode() for name, value in settings.items() if name not in vaults_own}
     vault_environment = {"Vault's environment": Path(f"/proc/{vault_pid}/environ").read_bytes()}
     assert leaks(not_for_vault, vault_environment) == []
