@@ -63,3 +63,29 @@ output "resource_group_name" {
   description = "The resource group holding everything."
   value       = azurerm_resource_group.main.name
 }
+
+output "tenant_id" {
+  description = "Entra ID tenant: tenant_id of the oidc and azure sections of auth.json."
+  value       = data.azurerm_client_config.current.tenant_id
+}
+
+output "oidc_client_id" {
+  description = "oidc_enabled only: the Entra ID application (client) id for Vault's oidc auth method."
+  value       = one(azuread_application.vault_oidc[*].client_id)
+}
+
+output "oidc_client_secret" {
+  description = "oidc_enabled only: the client secret (`terraform output -raw oidc_client_secret` into the environment variable auth.json names)."
+  value       = one(azuread_application_password.vault_oidc[*].value)
+  sensitive   = true
+}
+
+output "oidc_ui_redirect_uri" {
+  description = "The UI's OIDC callback on the function's host name (an allowed redirect URI of the oidc role)."
+  value       = local.oidc_ui_redirect_uri
+}
+
+output "oidc_cli_redirect_uri" {
+  description = "The CLI's OIDC callback (`vault login -method=oidc` listens on localhost:8250)."
+  value       = local.oidc_cli_redirect_uri
+}

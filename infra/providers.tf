@@ -8,6 +8,17 @@ terraform {
       # 4.21 added azurerm_function_app_flex_consumption; stay below 5.0.
       version = ">= 4.21, < 5.0"
     }
+    # auth.tf, only with oidc_enabled: the Entra ID app for Vault's OIDC sign-in. 3.0 made
+    # azuread_application_password take application_id (the resource id).
+    azuread = {
+      source  = "hashicorp/azuread"
+      version = ">= 3.0, < 4.0"
+    }
+    # auth.tf: time_rotating renews the OIDC client secret.
+    time = {
+      source  = "hashicorp/time"
+      version = ">= 0.9, < 1.0"
+    }
   }
 }
 

@@ -120,6 +120,12 @@ resource "azurerm_storage_container" "data" {
   name                  = each.value.container
   storage_account_id    = azurerm_storage_account.data[each.key].id
   container_access_type = "private"
+
+  lifecycle {
+    # Vault's data and the backups: a changed name would replace (delete) the container, so
+    # Terraform refuses instead. Switch Vault to a restored container as docs/deploy.md says.
+    prevent_destroy = true
+  }
 }
 
 # Container-level time-based retention (WORM). Created unlocked: a locked policy can never be

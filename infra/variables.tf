@@ -249,3 +249,43 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "oidc_enabled" {
+  description = "Create an Entra ID app registration (with service principal and client secret) for Vault's OIDC sign-in from the UI and the CLI (infra/auth.tf, docs/auth.md). Needs an Entra ID role that may create applications (e.g. Application Developer)."
+  type        = bool
+  default     = false
+}
+
+variable "oidc_display_name" {
+  description = "oidc_enabled only: display name of the Entra ID app registration; null means `Vault (<app>)`."
+  type        = string
+  default     = null
+}
+
+variable "oidc_client_secret_rotation_days" {
+  description = "oidc_enabled only: the first apply after this many days creates a new OIDC client secret; each secret stays valid 30 days past that date."
+  type        = number
+  default     = 180
+
+  validation {
+    condition     = var.oidc_client_secret_rotation_days >= 30 && var.oidc_client_secret_rotation_days <= 700
+    error_message = "oidc_client_secret_rotation_days must be 30 to 700 (Entra ID allows secrets of at most two years)."
+  }
+}
+
+variable "azure_auth_enabled" {
+  description = "Give the app's identity a custom read-only role so Vault's azure auth method can check the VM, scale set or resource (vm_name, vmss_name, resource_id) of a login to a role that binds subscriptions, resource groups, locations or scale sets (infra/auth.tf)."
+  type        = bool
+  default     = false
+}
+
+variable "azure_auth_scope" {
+  description = "azure_auth_enabled only: scope of that role and its assignment, a subscription or resource group id; null means this subscription. resource_id logins need the subscription (they read its resource providers)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.azure_auth_scope == null || can(regex("^/subscriptions/[0-9a-fA-F-]{36}(/resourceGroups/[-\\w.()]+)?$", coalesce(var.azure_auth_scope, "x")))
+    error_message = "azure_auth_scope must be /subscriptions/<id> or /subscriptions/<id>/resourceGroups/<name> (or null)."
+  }
+}
