@@ -84,7 +84,7 @@ def app_settings(plan: str, flavor: str = "vault") -> set[str]:
 
 def test_every_tf_file_parses():
     """Every .tf file in infra/ parses with python-hcl2 (bc-python-hcl2, the module checkov uses)."""
-    assert {path.name for path in tf_files()} >= {"providers.tf", "variables.tf", "outputs.tf", "main.tf"}
+    assert {path.name for path in tf_files()} >= {"providers.tf", "variables.tf", "outputs.tf", "main.tf", "auth.tf"}
     for path in tf_files():
         assert hcl2.loads(path.read_text(encoding="utf-8")), path
 
@@ -103,20 +103,24 @@ def test_variables_and_outputs_are_documented():
             assert f"`{name}`" in readme, f"output {name} missing from infra/README.md"
 
 
-@pytest.fixture(scope="module")
-def checkov_report() -> dict[str, Any]:
+def run_checkov(*extra: str) -> dict[str, Any]:
     checkov = REPO / ".venv-checkov" / "bin" / "checkov"  # made by `make install`
     command = str(checkov) if checkov.exists() else shutil.which("checkov")
     assert command, "checkov is not installed: run `make install` (it makes .venv-checkov)"
     # Offline: no guideline download, no platform calls.
     env = {**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_NO_OUTPUT_COLOR": "1", "LOG_LEVEL": "ERROR"}
-    args = [command, "-d", str(INFRA), "--framework", "terraform", "--quiet", "--compact", "--skip-download"]
+    args = [command, "-d", str(INFRA), "--framework", "terraform", "--quiet", "--compact", "--skip-download", *extra]
     result = subprocess.run(
         [*args, "-o", "json"], capture_output=True, text=True, env=env, timeout=120, check=False, cwd=REPO
     )
     assert result.stdout.strip(), result.stderr[-2000:]
     report = json.loads(result.stdout)
     return report[0] if isinstance(report, list) else report
+
+
+@pytest.fixture(scope="module")
+def checkov_report() -> dict[str, Any]:
+    return run_checkov()
 
 
 def test_checkov_passes(checkov_report: dict[str, Any]):
@@ -194,3 +198,62 @@ def test_host_json_runs_the_handler():
     assert handler["description"]["defaultExecutablePath"] == "python"
     assert handler["description"]["arguments"] == ["-m", "vault_handler"]
     assert host["extensions"]["http"]["routePrefix"] == ""
+
+
+COUNTS = {"${var.oidc_enabled ? 1 : 0}", "${var.azure_auth_enabled ? 1 : 0}"}
+
+
+def test_auth_tf_is_off_by_default_and_checkov_passes_with_it_on(tmp_path: Path):
+    """auth.tf's resources exist only with oidc_enabled / azure_auth_enabled (default false); checkov passes them on."""
+    tree = parsed()
+    defaults = {name: first(body.get("default")) for block in tree["variable"] for name, body in block.items()}
+    assert defaults["oidc_enabled"] is False and defaults["azure_auth_enabled"] is False
+    for block in tree["resource"]:
+        for kind, bodies in block.items():
+            for name, body in bodies.items():
+                if kind.startswith(("azuread_", "time_")) or name.endswith(("_oidc", "_azure_auth")):
+                    assert first(body["count"]) in COUNTS, name
+    (tmp_path / "on.tfvars").write_text("oidc_enabled = true\nazure_auth_enabled = true\n", encoding="utf-8")
+    report = run_checkov("--var-file", str(tmp_path / "on.tfvars"))
+    assert report["summary"]["failed"] == 0, report["results"]["failed_checks"]
+
+
+def test_oidc_app_redirects_to_the_function_and_the_cli():
+    """The Entra ID app's web redirect URIs: the UI callback on the function's host name and the CLI's localhost one."""
+    app = resource("azuread_application", "vault_oidc")
+    local_values = locals_()
+    web = first(app["web"])
+    names = [re.fullmatch(r"\$\{local\.(\w+)\}", uri).group(1) for uri in first(web["redirect_uris"])]
+    uris = [first(local_values[name]) for name in names]
+    assert uris == [
+        "https://${local.default_hostname}/ui/vault/auth/oidc/oidc/callback",
+        "http://localhost:8250/oidc/callback",
+    ]
+    assert first(app["group_membership_claims"]) in (["SecurityGroup"], "SecurityGroup")
+    assert first(first(first(app["optional_claims"])["id_token"])["name"]) == "groups"
+    # The callbacks the UI follows (/ui/...) and the API it calls (/v1/...) are routed to Vault.
+    route = load_json(REPO / "vault_handler" / "function.json")["bindings"][0]["route"]
+    pattern = re.compile(re.fullmatch(r"\{\*path:regex\((.*)\)\}", route).group(1), re.IGNORECASE)
+    for path in ("/ui/vault/auth/oidc/oidc/callback", "/v1/auth/oidc/oidc/callback", "/v1/auth/oidc/oidc/auth_url"):
+        assert pattern.search(path.lstrip("/")) and is_vault_path(path), path
+
+
+def test_azure_auth_role_only_reads():
+    """The azure auth method's custom role holds only named read actions: no wildcard, write, delete or action."""
+    role = resource("azurerm_role_definition", "vault_azure_auth")
+    permissions = first(role["permissions"])
+    actions = first(permissions["actions"])
+    read = re.compile(r"Microsoft\.[A-Za-z]+(/[A-Za-z]+)+/read")
+    assert actions and all(read.fullmatch(action) for action in actions), actions
+    assert not first(permissions.get("not_actions", [])) and "data_actions" not in permissions
+    assignment = resource("azurerm_role_assignment", "vault_azure_auth")
+    assert first(assignment["principal_id"]) == "${local.principal_id}"
+    assert first(assignment["scope"]) == first(role["scope"]) == "${local.azure_auth_scope}"
+
+
+def test_auth_outputs_exist():
+    """The outputs the auth command's file needs: tenant, client id and secret (sensitive), redirect URIs, principal."""
+    outputs = {name: body for block in parsed()["output"] for name, body in block.items()}
+    wanted = {"tenant_id", "oidc_client_id", "oidc_client_secret", "oidc_ui_redirect_uri", "oidc_cli_redirect_uri"}
+    assert wanted | {"principal_id"} <= set(outputs)
+    assert first(outputs["oidc_client_secret"].get("sensitive")) is True
