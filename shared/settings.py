@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,6 +283,15 @@ class Settings:
             lock=LockSettings.from_env(env, reader),
             environment=dict(env),
         )
+
+
+def settings_for_command(program: str) -> Settings | None:
+    """Settings for a command-line tool, or None after printing the one-line reason (exit with 2)."""
+    try:
+        return Settings.from_env()
+    except SettingsError as error:
+        print(f"{program}: invalid setting {error}", file=sys.stderr)
+        return None
 
 
 def _handler_url(host: str, port: int) -> str:

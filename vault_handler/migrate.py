@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from shared.settings import Settings, SettingsError
+from shared.settings import Settings, settings_for_command
 
 # Vault's azure backend prefers these environment variables over the config file's values.
 _OVERRIDING_ENV = ("AZURE_BLOB_CONTAINER", "AZURE_ACCOUNT_NAME", "AZURE_ENVIRONMENT", "AZURE_ARM_ENDPOINT")
@@ -206,10 +206,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except SettingsError as error:
-        print(f"migrate: invalid setting {error}", file=sys.stderr)
+    settings = settings_for_command("migrate")
+    if settings is None:
         return 2
     try:
         config = build(settings, args.raft_path, args.node_id, args.cluster_addr)
