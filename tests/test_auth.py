@@ -36,8 +36,8 @@ AUDIENCE = "https://github.com/org"
 # Distinctive, so that any trace of it in the output is found.
 CLIENT_SECRET = "oidc-client-secret-5f1e0c9a7b3d"
 TENANT_GROUP = "0b8f4a52-3c1e-4d6f-9a7b-2e5c8d1f0a93"
-APP_POLICY = 'path "secret/data/app/*" { capabilities = ["read"] }\n'
-TEAM_POLICY = 'path "secret/data/team/*" { capabilities = ["read"] }\n'
+APP_POLICY = 'path "secret/data/signin-app/*" { capabilities = ["read"] }\n'
+TEAM_POLICY = 'path "secret/data/signin-team/*" { capabilities = ["read"] }\n'
 
 
 class IdentityProvider:
@@ -187,7 +187,7 @@ def applied(vault: RunningHandler, idp: IdentityProvider, tmp_path_factory: pyte
     spec = auth_file(idp)
     first = run_auth(vault, tmp, spec)
     assert first.returncode == 0, first.stderr
-    for secret_path, value in (("app/config", "allowed"), ("other/config", "forbidden")):
+    for secret_path, value in (("signin-app/config", "allowed"), ("signin-other/config", "forbidden")):
         status, _, body = vault.request(
             "POST", f"/v1/secret/data/{secret_path}", {"data": {"value": value}}, token_header(vault)
         )
@@ -280,15 +280,15 @@ def test_dry_run_then_a_change_reports_only_the_changed_field(vault: RunningHand
 def test_bound_repository_and_ref_log_in_and_read_only_their_secret(
     vault: RunningHandler, idp: IdentityProvider
 ) -> None:
-    """A token of org/app on main logs in through the handler, reads secret/app/* and gets 403 elsewhere."""
+    """A token of org/app on main logs in through the handler, reads secret/signin-app/* and gets 403 elsewhere."""
     status, answer = login(vault, idp.github_token())
     assert status == 200, answer
     assert answer["auth"]["policies"] == ["app-read", "default"]
     assert answer["auth"]["lease_duration"] == 600
     headers = {"X-Vault-Token": answer["auth"]["client_token"]}
-    status, _, body = vault.request("GET", "/v1/secret/data/app/config", headers=headers)
+    status, _, body = vault.request("GET", "/v1/secret/data/signin-app/config", headers=headers)
     assert status == 200 and json.loads(body)["data"]["data"] == {"value": "allowed"}
-    status, _, _ = vault.request("GET", "/v1/secret/data/other/config", headers=headers)
+    status, _, _ = vault.request("GET", "/v1/secret/data/signin-other/config", headers=headers)
     assert status == 403
 
 
@@ -482,11 +482,11 @@ def test_a_person_signs_in_through_oidc_and_gets_the_group_policies(
     assert status == 200, body
     answer = json.loads(body)["auth"]
     assert answer["identity_policies"] == ["team-read"] and answer["token_policies"] == ["default"]
-    vault.request("POST", "/v1/secret/data/team/notes", {"data": {"v": "team"}}, token_header(vault))
+    vault.request("POST", "/v1/secret/data/signin-team/notes", {"data": {"v": "team"}}, token_header(vault))
     headers = {"X-Vault-Token": answer["client_token"]}
-    status, _, body = vault.request("GET", "/v1/secret/data/team/notes", headers=headers)
+    status, _, body = vault.request("GET", "/v1/secret/data/signin-team/notes", headers=headers)
     assert status == 200 and json.loads(body)["data"]["data"] == {"v": "team"}
-    assert vault.request("GET", "/v1/secret/data/app/config", headers=headers)[0] == 403
+    assert vault.request("GET", "/v1/secret/data/signin-app/config", headers=headers)[0] == 403
 
 
 def test_rotate_client_secret_writes_the_new_secret(vault: RunningHandler, applied, idp: IdentityProvider) -> None:
