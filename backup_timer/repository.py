@@ -176,6 +176,39 @@ def _get(data: dict[str, Any], key: str, kind: type, where: str = "", default: A
 
 
 def _entry(raw: Any, index: int) -> Entry:
+    """One manifest entry; the common, valid case is checked in one pass (a manifest holds one per blob)."""
+    if type(raw) is dict:
+        name, size, md5, etag, key = (raw.get(k) for k in ("name", "size", "md5", "etag", "object"))
+        if (
+            type(name) is str
+            and name
+            and type(size) is int
+            and size >= 0
+            and type(md5) is str
+            and MD5_HEX.fullmatch(md5)
+            and (etag is None or type(etag) is str)
+            and type(key) is str
+            and _is_object_key(key)
+        ):
+            return Entry(name, size, md5, etag, key)
+    return _checked_entry(raw, index)
+
+
+def _is_object_key(key: str) -> bool:
+    """Under objects/, printable, no backslash, and no segment that is empty, "." or ".."."""
+    return (
+        key.startswith(OBJECTS)
+        and key.isprintable()
+        and "\\" not in key
+        and "//" not in key
+        and "/./" not in key
+        and "/../" not in key
+        and not key.endswith(("/", "/.", "/.."))
+    )
+
+
+def _checked_entry(raw: Any, index: int) -> Entry:
+    """Field by field, to say precisely what is wrong."""
     if not isinstance(raw, dict):
         raise RepositoryError(f"entry {index} is {shown(raw, 40)}, not an object")
     name = _get(raw, "name", str, f"entry {index}: ")
@@ -190,8 +223,7 @@ def _entry(raw: Any, index: int) -> Entry:
     if etag is not None and not isinstance(etag, str):
         raise RepositoryError(f"{where}'etag' is {shown(etag, 40)}, not text or null")
     key = _get(raw, "object", str, where)
-    parts = key.split("/")
-    if not key.startswith(OBJECTS) or not key.isprintable() or "\\" in key or any(p in ("", ".", "..") for p in parts):
+    if not _is_object_key(key):
         raise RepositoryError(f"{where}'object' is {shown(key, 60)}, not a key under {OBJECTS}")
     return Entry(name, size, md5, etag, key)
 
