@@ -10,7 +10,7 @@ import asyncio
 import json
 import sys
 
-from shared.settings import Settings, SettingsError
+from shared.settings import settings_for_command
 
 from .check import check, health_url
 
@@ -34,10 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout is not None and args.timeout <= 0:
         print("keepwarm: --timeout must be a positive number of seconds", file=sys.stderr)
         return 2
-    try:
-        settings = Settings.from_env()
-    except SettingsError as error:
-        print(f"keepwarm: invalid setting {error}", file=sys.stderr)
+    settings = settings_for_command("keepwarm")
+    if settings is None:
         return 2
     result = asyncio.run(check(args.url or health_url(settings), args.timeout or settings.keepwarm_timeout))
     print(json.dumps(result.as_dict()) if args.json else result.summary())

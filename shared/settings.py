@@ -93,7 +93,7 @@ class BackupSettings:
 
     @classmethod
     def from_env(
-        cls, env: Mapping[str, str], reader: _Reader, base_url: str, data_dir: Path, local: bool
+        cls, env: Mapping[str, str], reader: _Reader, base_url: str, data_dir: Path, local: bool, lock_blob: str
     ) -> BackupSettings:
         container = env.get("AZURE_BLOB_CONTAINER") or None
         source = reader.choice("BACKUP_SOURCE", "BLOB" if container else "RAFT", ("BLOB", "RAFT")).lower()
@@ -131,7 +131,7 @@ class BackupSettings:
             max_passes=max(1, reader.count("BACKUP_MAX_PASSES", 3)),
             verify_sample=reader.count("BACKUP_VERIFY_SAMPLE", 20),
             storage_retries=reader.count("BACKUP_STORAGE_RETRIES", 3),
-            lock_blob=env.get("VAULTFN_LOCK_BLOB") or DEFAULT_LOCK_BLOB,
+            lock_blob=lock_blob,
         )
 
 
@@ -263,6 +263,7 @@ class Settings:
         data_dir = Path(env.get("VAULTFN_DATA_DIR") or ".data").absolute()
         api_addr = _api_addr(env)
         base_url = api_addr or _handler_url(listen_host, listen_port)
+        lock = LockSettings.from_env(env, reader)
         return cls(
             listen_host=listen_host,
             listen_port=listen_port,
@@ -279,8 +280,8 @@ class Settings:
             vault_api_addr=api_addr,
             vault_health_url=reader.url("VAULT_HEALTH_URL"),
             keepwarm_timeout=reader.duration("KEEPWARM_TIMEOUT", 60.0),
-            backup=BackupSettings.from_env(env, reader, base_url, data_dir, not under_host),
-            lock=LockSettings.from_env(env, reader),
+            backup=BackupSettings.from_env(env, reader, base_url, data_dir, not under_host, lock.blob),
+            lock=lock,
             environment=dict(env),
         )
 

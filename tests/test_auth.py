@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import jwt  # PyJWT, installed with msal (azure-identity)
+import jwt  # PyJWT
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from shared.scrub import REDACTED
 from vault_handler import auth
 
 from .conftest import RunningHandler, token_header
@@ -403,7 +404,7 @@ def test_no_secret_in_any_output(vault: RunningHandler, applied) -> None:
         run_auth(vault, tmp, {**spec, "extra": CLIENT_SECRET}),
     ]
     assert [result.returncode for result in outputs] == [0, 0, 0, 1, 1, 2]
-    assert "[redacted]" in outputs[2].stderr  # the warning names the (odd) policy without its value
+    assert REDACTED in outputs[2].stderr  # the warning names the (odd) policy without its value
     for result in outputs:
         for secret in (CLIENT_SECRET, vault.root_token):
             assert secret not in result.stdout and secret not in result.stderr

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from shared.scrub import Scrubber, ScrubbingFormatter
-from shared.settings import Settings, SettingsError
+from shared.settings import Settings, settings_for_command
 
 from .binary import BinaryError
 from .bootstrap import BootstrapError
@@ -55,10 +55,8 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_env()
-    except SettingsError as error:
-        print(f"vaultfn: invalid setting {error}", file=sys.stderr)
+    settings = settings_for_command("vaultfn")
+    if settings is None:
         return 2
     configure_logging(settings)
     with asyncio.Runner(loop_factory=_new_loop) as runner:

@@ -37,6 +37,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from shared.scrub import SECRET_SETTINGS, Scrubber
 from shared.settings import settings_for_command
 
 GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
@@ -797,19 +798,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class _Redactor:
-    """Replaces the token and the client secret in what is printed (Vault's error messages included)."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        # A value too short to be a real secret would garble every line it occurs in.
-        self._secrets = [secret for secret in secrets if len(secret) >= 6]
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
-        return text
-
-
 def _load(path: str) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -825,14 +813,16 @@ def main(argv: list[str] | None = None) -> int:
     if settings is None:
         return 2
     token = settings.backup.operator_token  # VAULT_TOKEN, else BAO_TOKEN
-    redact = _Redactor([token or ""])
+    # The token and the client secret never reach the output, Vault's own error messages included.
+    secrets = [settings.environment.get(name, "") for name in SECRET_SETTINGS]
+    redact = Scrubber(secrets).text
     try:
         spec = parse(_load(args.file), settings.environment, settings.vault_api_addr)
     except ConfigError as error:
         print(f"auth: refused {args.file}: {redact(str(error))}", file=sys.stderr)
         return 2
     if spec.oidc:
-        redact = _Redactor([token or "", spec.oidc.client_secret])
+        redact = Scrubber([*secrets, spec.oidc.client_secret]).text
     if not token:
         print("auth: VAULT_TOKEN is not set; export VAULT_TOKEN (or BAO_TOKEN) with an admin token", file=sys.stderr)
         return 2

@@ -227,6 +227,8 @@ def describe(error: BaseException) -> str:
         return f"HTTP {status}" + (f" {code}" if code else "")
     if isinstance(error, TimeoutError):
         return "timed out"
-    if type(error).__name__ == "ServiceRequestError":
+    from azure.core.exceptions import ServiceRequestError  # noqa: PLC0415 - loaded already: the error came from it
+
+    if isinstance(error, ServiceRequestError):
         return "storage unreachable (ServiceRequestError)"
     return type(error).__name__

@@ -127,9 +127,8 @@ class VaultSupervisor:
             if self.unavailable is not None:
                 retry_after = max(1, math.ceil(self.next_attempt - loop.time()))
                 raise VaultUnavailable(f"Vault is not ready: {self.unavailable}", retry_after)
-            changed = self._changed
             try:
-                await asyncio.wait_for(changed.wait(), deadline - loop.time())
+                await asyncio.wait_for(self._changed.wait(), deadline - loop.time())
             except TimeoutError:
                 reason = f": {self.last_error}" if self.last_error else ""
                 raise VaultUnavailable(f"Vault is not ready after {timeout:.0f}s{reason}") from None
@@ -175,10 +174,7 @@ class VaultSupervisor:
                 backoff = FIRST_BACKOFF
             self.next_attempt = loop.time() + backoff
             self._notify()
-            try:
-                await asyncio.wait_for(self._stop.wait(), backoff)
-            except TimeoutError:
-                pass
+            await self._pause(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
             self.restarts += 1
             telemetry.current().metric(METRIC_VAULT_RESTARTS, self.restarts)
@@ -197,10 +193,7 @@ class VaultSupervisor:
                 self.unavailable = str(error)
                 self.next_attempt = loop.time() + self.lock.retry_every
                 self._notify()
-                try:
-                    await asyncio.wait_for(self._stop.wait(), self.lock.retry_every)
-                except TimeoutError:
-                    pass
+                await self._pause(self.lock.retry_every)
             else:
                 self._keeper = loop.create_task(self.lock.keep(self._on_lock_lost))
                 if self.lock.resumed:
@@ -208,9 +201,13 @@ class VaultSupervisor:
                         "took back this instance's lock from a previous handler; waiting %gs for its Vault to stop",
                         self.lock.stop_grace,
                     )
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), self.lock.stop_grace)
+                    await self._pause(self.lock.stop_grace)
                 return
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the handler stops meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
 
     def _fenced(self) -> bool:
         """Vault stopped because the lock was lost: not a failure to back off from."""
